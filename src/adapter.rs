@@ -1,0 +1,272 @@
+//! The thin layer between Envoy and `flow`. Only this module calls the host.
+//!
+//! Host calls go through `proxy_wasm::hostcalls`, which return `Result`s, rather than the trait
+//! helpers, which `unwrap()`. Header values are read as bytes because the SDK's string getter
+//! panics on non-UTF-8 (Envoy accepts obs-text bytes in header values): one odd header from a
+//! client would otherwise kill the VM for every request on that worker.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+use crate::config::{self, Config};
+use crate::credential::MAX_ANSWER_BYTES;
+use crate::failure::Failure;
+use crate::flow::{self, Exchange, RequestHead, Step};
+use crate::jsonapi::{self, Reply};
+use crate::request_id::{self, XidGenerator};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    // A panic traps the VM; say so loudly before it dies. The message is ours (filter code denies
+    // panics, so this fires only for a dependency bug) and carries no request data.
+    std::panic::set_hook(Box::new(|info| {
+        let _ = hostcalls::log(LogLevel::Critical, &format!("otp-filter panicked: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::new()) });
+}}
+
+fn log(level: LogLevel, message: &str) {
+    // Logging failing is not worth failing a request over.
+    let _ = hostcalls::log(level, message);
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Root {
+    config: Option<Rc<Config>>,
+    ids: Rc<RefCell<XidGenerator>>,
+}
+
+impl Root {
+    fn new() -> Self {
+        let mut seed = [0u8; 8];
+        if getrandom::getrandom(&mut seed).is_err() {
+            // Uniqueness, not secrecy, is what a Request-Id needs; the clock will do.
+            seed = now_ms().to_le_bytes();
+        }
+        Root {
+            config: None,
+            ids: Rc::new(RefCell::new(XidGenerator::new(seed))),
+        }
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _: usize) -> bool {
+        log(LogLevel::Info, &format!("otp-filter {VERSION} started"));
+        true
+    }
+
+    fn on_configure(&mut self, _: usize) -> bool {
+        let text = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                log(LogLevel::Critical, &format!("otp-filter: cannot read its configuration: {status:?}"));
+                return false;
+            }
+        };
+        match config::parse(&text, &|name| std::env::var(name).ok()) {
+            Ok(config) => {
+                log(LogLevel::Info, &format!("otp-filter configured: {config:?}"));
+                self.config = Some(Rc::new(config));
+                true
+            }
+            Err(message) => {
+                // Returning false makes Envoy refuse the plugin, and with it the listener.
+                log(LogLevel::Critical, &message);
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http {
+            config: self.config.clone(),
+            ids: Rc::clone(&self.ids),
+            exchange: None,
+            buffered: 0,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    /// `None` only if Envoy created a stream despite a refused config; then every request fails closed.
+    config: Option<Rc<Config>>,
+    ids: Rc<RefCell<XidGenerator>>,
+    exchange: Option<Exchange>,
+    buffered: usize,
+}
+
+fn request_header(name: &str) -> Result<Option<String>, ()> {
+    match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
+        Ok(value) => Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned())),
+        Err(_) => Err(()),
+    }
+}
+
+impl Http {
+    fn start(&mut self, end_of_stream: bool) -> Result<Action, ()> {
+        let Some(config) = self.config.clone() else {
+            let id = self.ids.borrow_mut().next(now_ms() / 1000);
+            let failure = Failure::Internal("The filter has no configuration.");
+            send(&id, jsonapi::error_reply(failure, &id), failure.code());
+            return Ok(Action::Pause);
+        };
+        let path = request_header(":path")?.unwrap_or_default();
+        if !flow::serves_path(&config, &path) {
+            return Ok(Action::Continue);
+        }
+        let method = request_header(":method")?.unwrap_or_default();
+        let authorization = request_header("authorization")?;
+        let accept = request_header("accept")?;
+        let content_type = request_header("content-type")?;
+        let content_length = request_header("content-length")?;
+        let inbound_id = request_header("request-id")?;
+        let now = now_ms();
+        let id = match inbound_id {
+            Some(id) if request_id::is_valid(&id) => id,
+            _ => self.ids.borrow_mut().next(now / 1000),
+        };
+        let head = RequestHead {
+            method: &method,
+            authorization: authorization.as_deref(),
+            accept: accept.as_deref(),
+            content_type: content_type.as_deref(),
+            content_length: content_length.as_deref(),
+            end_of_stream,
+        };
+        let (exchange, step) = Exchange::start(&config, &head, id, now);
+        self.exchange = Some(exchange);
+        Ok(self.perform(&config, step))
+    }
+
+    fn body_progress(&mut self, end_of_stream: bool) -> Action {
+        let (Some(config), Some(exchange)) = (self.config.clone(), self.exchange.as_mut()) else {
+            return Action::Continue;
+        };
+        let size = self.buffered;
+        let step = exchange.on_body(&config, size, end_of_stream, || {
+            match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
+                Ok(body) => Ok(body.unwrap_or_default()),
+                Err(_) => Err(()),
+            }
+        });
+        self.perform(&config, step)
+    }
+
+    /// Carries out a step. Requests on our route never continue upstream: every path ends in a reply.
+    fn perform(&mut self, config: &Config, step: Step) -> Action {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Action::Pause;
+        };
+        match step {
+            Step::Wait => Action::Pause,
+            Step::Call(call) => {
+                let headers: Vec<(&str, &str)> =
+                    call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let sent = hostcalls::dispatch_http_call(
+                    &config.credential_service.cluster,
+                    headers,
+                    Some(call.body.expose()),
+                    Vec::new(),
+                    config.credential_service.timeout,
+                );
+                match sent {
+                    Ok(_) => Action::Pause,
+                    Err(status) => {
+                        log(
+                            LogLevel::Warn,
+                            &format!(
+                                "otp-filter request-id={}: credential callout to cluster \"{}\" not sent: {status:?}",
+                                exchange.request_id(),
+                                config.credential_service.cluster
+                            ),
+                        );
+                        let step = exchange.on_call_not_sent();
+                        self.perform(config, step)
+                    }
+                }
+            }
+            Step::Reply { reply, outcome } => {
+                send(exchange.request_id(), reply, outcome);
+                Action::Pause
+            }
+        }
+    }
+}
+
+/// Sends a local reply and logs the outcome (server-side failures at warn, the rest at debug).
+fn send(request_id: &str, reply: Reply, outcome: &str) {
+    let level = if reply.status >= 500 { LogLevel::Warn } else { LogLevel::Debug };
+    log(level, &format!("otp-filter request-id={request_id}: {} {outcome}", reply.status));
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    if hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body)).is_err() {
+        // Nothing can be said to the client; end the stream rather than let it through.
+        let _ = hostcalls::reset_http_request();
+    }
+}
+
+impl Context for Http {
+    fn on_http_call_response(&mut self, _: u32, _: usize, body_size: usize, _: usize) {
+        let (Some(config), Some(exchange)) = (self.config.clone(), self.exchange.as_mut()) else {
+            return;
+        };
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+        // Read one byte past the limit so an oversized answer is seen as such, never read whole.
+        let body = hostcalls::get_buffer(
+            BufferType::HttpCallResponseBody,
+            0,
+            body_size.min(MAX_ANSWER_BYTES + 1),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let step = exchange.on_answer(&config, status, &body, now_ms());
+        self.perform(&config, step);
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        match self.start(end_of_stream) {
+            Ok(action) => action,
+            Err(()) => {
+                let id = self.ids.borrow_mut().next(now_ms() / 1000);
+                let failure = Failure::Internal("The request headers could not be read.");
+                send(&id, jsonapi::error_reply(failure, &id), failure.code());
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.buffered = body_size;
+        self.body_progress(end_of_stream)
+    }
+
+    fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        // Trailers end the request: the body held so far is the whole body.
+        self.body_progress(true)
+    }
+}

@@ -1,0 +1,380 @@
+//! The filter's configuration: JSON in the Envoy YAML (`configuration` as a StringValue), read once
+//! per plugin in `on_configure`. Unknown fields are refused and every problem is reported in one
+//! message, so an operator fixes a config in one round. Secrets are named by environment variable
+//! (set through `vm_config.environment_variables`) and never appear in the config or in messages.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+use crate::jwk::{Algorithm, Key, KeyMaterial, KeySet};
+use crate::otp::{HmacAlgorithm, OtpSettings};
+use crate::secret::Secret;
+use crate::token::TokenSettings;
+
+pub const DEFAULT_API_VERSIONS: [&str; 5] = ["2021-2", "2022-1", "2024-1", "2024-2", "2025-1"];
+
+pub struct Config {
+    /// Exact paths served, `/user/<version>/user/otp`, one per configured API version.
+    pub routes: Vec<String>,
+    pub max_body_bytes: usize,
+    pub credential_service: CredentialServiceSettings,
+    pub token: TokenSettings,
+    pub otp: OtpSettings,
+}
+
+pub struct CredentialServiceSettings {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout: Duration,
+    /// Header name and value sent with every callout, the value read from the environment.
+    pub auth_header: Option<(String, Secret)>,
+}
+
+impl std::fmt::Debug for Config {
+    /// Lengths and counts only: printing a config must never print a key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "routes={} max_body_bytes={} credential_service={}/{}{} timeout={}ms auth_header={} \
+             issuer={} audiences={} scope={} leeway={}s user_id_claim={} keys={} \
+             otp={} digits, {:?}, step {}s, lifetime {}s, master key {} bytes",
+            self.routes.len(),
+            self.max_body_bytes,
+            self.credential_service.cluster,
+            self.credential_service.authority,
+            self.credential_service.path,
+            self.credential_service.timeout.as_millis(),
+            self.credential_service.auth_header.is_some(),
+            self.token.issuer,
+            self.token.audiences.len(),
+            self.token.required_scope,
+            self.token.leeway_seconds,
+            self.token.user_id_claim,
+            self.token.keys.len(),
+            self.otp.digits,
+            self.otp.algorithm,
+            self.otp.step_seconds,
+            self.otp.lifetime_seconds,
+            self.otp.master_key.len(),
+        )
+    }
+}
+
+/// Reads one JSON object, remembering which fields were consumed so the rest can be refused.
+struct Section<'a> {
+    at: &'static str,
+    fields: Map<String, Value>,
+    problems: &'a mut Vec<String>,
+}
+
+impl<'a> Section<'a> {
+    fn new(at: &'static str, value: Option<Value>, problems: &'a mut Vec<String>) -> Self {
+        let fields = match value {
+            Some(Value::Object(map)) => map,
+            None => Map::new(),
+            Some(_) => {
+                problems.push(format!("{at}: must be an object"));
+                Map::new()
+            }
+        };
+        Section {
+            at,
+            fields,
+            problems,
+        }
+    }
+
+    fn problem(&mut self, field: &str, message: impl std::fmt::Display) {
+        let sep = if self.at.is_empty() { "" } else { "." };
+        self.problems.push(format!("{}{sep}{field}: {message}", self.at));
+    }
+
+    fn take(&mut self, field: &str) -> Option<Value> {
+        self.fields.remove(field)
+    }
+
+    fn string(&mut self, field: &str, default: Option<&str>) -> String {
+        match self.take(field) {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(_) => {
+                self.problem(field, "must be a non-empty string");
+                String::new()
+            }
+            None => match default {
+                Some(d) => d.to_string(),
+                None => {
+                    self.problem(field, "is required");
+                    String::new()
+                }
+            },
+        }
+    }
+
+    fn integer(&mut self, field: &str, default: u64, min: u64, max: u64) -> u64 {
+        match self.take(field) {
+            None => default,
+            Some(v) => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => n,
+                _ => {
+                    self.problem(field, format!("must be an integer from {min} to {max}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn strings(&mut self, field: &str, default: Option<&[&str]>) -> Vec<String> {
+        match self.take(field) {
+            None => match default {
+                Some(d) => d.iter().map(|s| s.to_string()).collect(),
+                None => {
+                    self.problem(field, "is required");
+                    Vec::new()
+                }
+            },
+            Some(Value::Array(items)) if !items.is_empty() => {
+                let strings: Vec<String> = items
+                    .iter()
+                    .filter_map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+                    .collect();
+                if strings.len() != items.len() {
+                    self.problem(field, "must hold only non-empty strings");
+                }
+                strings
+            }
+            Some(_) => {
+                self.problem(field, "must be a non-empty array of strings");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Refuses whatever was not consumed: a typo must not silently fall back to a default.
+    fn finish(self) {
+        let mut unknown: Vec<&String> = self.fields.keys().collect();
+        unknown.sort();
+        for name in unknown {
+            let sep = if self.at.is_empty() { "" } else { "." };
+            self.problems
+                .push(format!("{}{sep}{name}: unknown field", self.at));
+        }
+    }
+}
+
+/// Reads an environment variable named in the config. Returns the value, or records a problem that
+/// names the variable but never its value.
+fn env_secret(
+    env: &dyn Fn(&str) -> Option<String>,
+    at: &str,
+    variable: &str,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    match env(variable) {
+        Some(v) if !v.is_empty() => Some(v),
+        _ => {
+            problems.push(format!(
+                "{at}: environment variable {variable} is not set in the VM (add it to vm_config.environment_variables)"
+            ));
+            None
+        }
+    }
+}
+
+/// Parses and validates the whole configuration. `env` looks up VM environment variables.
+pub fn parse(text: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+    let root: Value = serde_json::from_slice(text)
+        .map_err(|e| format!("otp-filter configuration is not valid JSON: {e}"))?;
+    let mut problems = Vec::new();
+    let mut top = Section::new("", Some(root), &mut problems);
+
+    let versions = top.strings("api_versions", Some(&DEFAULT_API_VERSIONS));
+    for v in &versions {
+        if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+            top.problem("api_versions", format!("\"{v}\" is not a plain version name"));
+        }
+    }
+    let routes = versions.iter().map(|v| format!("/user/{v}/user/otp")).collect();
+    let max_body_bytes = top.integer("max_body_bytes", 4096, 64, 65_536) as usize;
+    let credential = top.take("credential_service");
+    let token = top.take("token");
+    let otp = top.take("otp");
+    top.finish();
+
+    let credential_service = credential_section(credential, env, &mut problems);
+    let token = token_section(token, env, &mut problems);
+    let otp = otp_section(otp, env, &mut problems);
+
+    if problems.is_empty() {
+        Ok(Config {
+            routes,
+            max_body_bytes,
+            credential_service,
+            token,
+            otp,
+        })
+    } else {
+        Err(format!(
+            "otp-filter configuration has {} problem(s): {}",
+            problems.len(),
+            problems.join("; ")
+        ))
+    }
+}
+
+fn credential_section(
+    value: Option<Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> CredentialServiceSettings {
+    if value.is_none() {
+        problems.push("credential_service: is required".into());
+    }
+    let mut s = Section::new("credential_service", value, problems);
+    let cluster = s.string("cluster", None);
+    let authority = s.string("authority", None);
+    let path = s.string("path", Some("/v1/credentials/verify"));
+    if !path.starts_with('/') {
+        s.problem("path", "must start with /");
+    }
+    let timeout = Duration::from_millis(s.integer("timeout_ms", 2000, 1, 60_000));
+    let auth = s.take("auth_header");
+    s.finish();
+
+    let auth_header = auth.and_then(|auth| {
+        let mut a = Section::new("credential_service.auth_header", Some(auth), problems);
+        let name = a.string("name", None).to_ascii_lowercase();
+        let variable = a.string("value_env", None);
+        if name.starts_with(':') || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            a.problem("name", "must be a plain header name");
+        }
+        a.finish();
+        if variable.is_empty() {
+            return None;
+        }
+        let value = env_secret(env, "credential_service.auth_header.value_env", &variable, problems)?;
+        Some((name, Secret::new(value)))
+    });
+
+    CredentialServiceSettings {
+        cluster,
+        authority,
+        path,
+        timeout,
+        auth_header,
+    }
+}
+
+fn token_section(
+    value: Option<Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> TokenSettings {
+    if value.is_none() {
+        problems.push("token: is required".into());
+    }
+    let mut s = Section::new("token", value, problems);
+    let issuer = s.string("issuer", None);
+    let audiences = s.strings("audiences", None);
+    let required_scope = s.string("required_scope", Some("user:otp:create"));
+    let leeway_seconds = s.integer("leeway_seconds", 30, 0, 60);
+    let user_id_claim = s.string("user_id_claim", Some("sub"));
+    let jwks = s.take("jwks");
+    let hs256 = s.take("hs256");
+    s.finish();
+
+    let mut keys = match &jwks {
+        Some(jwks) => KeySet::from_jwks(jwks, "token.jwks", problems),
+        None => KeySet::default(),
+    };
+    if let Some(hs256) = hs256 {
+        let mut h = Section::new("token.hs256", Some(hs256), problems);
+        let kid = h.string("kid", None);
+        let variable = h.string("secret_env", None);
+        h.finish();
+        if !variable.is_empty() {
+            if let Some(secret) = env_secret(env, "token.hs256.secret_env", &variable, problems) {
+                if secret.len() < 32 {
+                    problems.push(format!(
+                        "token.hs256.secret_env: the secret in {variable} is {} bytes, at least 32 required",
+                        secret.len()
+                    ));
+                } else {
+                    let key = Key {
+                        kid,
+                        algorithm: Algorithm::Hs256,
+                        material: KeyMaterial::Hmac(Secret::new(secret)),
+                    };
+                    keys.add(key, "token.hs256", problems);
+                }
+            }
+        }
+    }
+    if keys.is_empty() && jwks.is_some() {
+        problems.push("token.jwks: holds no usable key".into());
+    } else if keys.is_empty() {
+        problems.push("token: configure \"jwks\" (or \"hs256\") so tokens can be verified".into());
+    }
+
+    TokenSettings {
+        issuer,
+        audiences,
+        required_scope,
+        leeway_seconds,
+        user_id_claim,
+        keys,
+    }
+}
+
+fn otp_section(
+    value: Option<Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> OtpSettings {
+    let mut s = Section::new("otp", value, problems);
+    let digits = s.integer("digits", 6, 6, 10) as u32;
+    let algorithm_name = s.string("algorithm", Some("SHA256"));
+    let algorithm = HmacAlgorithm::parse(&algorithm_name).unwrap_or_else(|| {
+        s.problem("algorithm", "must be \"SHA1\", \"SHA256\" or \"SHA512\"");
+        HmacAlgorithm::Sha256
+    });
+    let step_seconds = s.integer("step_seconds", 60, 1, 3600);
+    let lifetime_seconds = s.integer("lifetime_seconds", 300, 1, 86_400);
+    if lifetime_seconds % step_seconds != 0 || lifetime_seconds < step_seconds {
+        s.problem(
+            "lifetime_seconds",
+            format!("must be a whole multiple of step_seconds ({step_seconds})"),
+        );
+    }
+    let variable = s.string("master_key_env", Some("OTP_MASTER_KEY"));
+    s.finish();
+
+    let master_key = env_secret(env, "otp.master_key_env", &variable, problems)
+        .and_then(|encoded| match STANDARD.decode(encoded.trim()) {
+            Ok(key) if key.len() >= 32 => Some(key),
+            Ok(key) => {
+                problems.push(format!(
+                    "otp.master_key_env: the key in {variable} decodes to {} bytes, at least 32 required",
+                    key.len()
+                ));
+                None
+            }
+            Err(_) => {
+                problems.push(format!(
+                    "otp.master_key_env: the key in {variable} is not standard base64 (make one with `openssl rand -base64 32`)"
+                ));
+                None
+            }
+        })
+        .unwrap_or_default();
+
+    OtpSettings {
+        digits,
+        algorithm,
+        step_seconds,
+        lifetime_seconds,
+        master_key: Secret::from_bytes(master_key),
+    }
+}

@@ -1,0 +1,189 @@
+//! Every way a request to the OTP route can fail, with its status, stable `code`, title and detail.
+//!
+//! Details are fixed texts chosen here, never built from request data, so no error can echo a PIN,
+//! password, token or code. Codes are kebab-case and part of the API: never rename one.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    MethodNotAllowed,
+    TokenMissing,
+    TokenMalformed(&'static str),
+    TokenKeyUnknown,
+    TokenSignatureInvalid(&'static str),
+    TokenExpired,
+    TokenNotYetValid,
+    TokenClaimsInvalid(&'static str),
+    InsufficientScope,
+    NotAcceptable,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    BodyNotJson,
+    BodyInvalid(&'static str),
+    FieldInvalid {
+        pointer: &'static str,
+        detail: &'static str,
+    },
+    CredentialsMissing,
+    Locked {
+        retry_after_seconds: u64,
+    },
+    InvalidCredentials,
+    UserNotFound,
+    MissingLinkedIdentity,
+    CredentialServiceUnavailable,
+    CredentialServiceTimeout,
+    CredentialServiceError,
+    CredentialServiceBadAnswer,
+    Internal(&'static str),
+}
+
+impl Failure {
+    pub fn status(self) -> u16 {
+        use Failure::*;
+        match self {
+            MethodNotAllowed => 405,
+            TokenMissing
+            | TokenMalformed(_)
+            | TokenKeyUnknown
+            | TokenSignatureInvalid(_)
+            | TokenExpired
+            | TokenNotYetValid
+            | TokenClaimsInvalid(_)
+            | MissingLinkedIdentity => 401,
+            InsufficientScope => 403,
+            NotAcceptable => 406,
+            UnsupportedMediaType => 415,
+            PayloadTooLarge => 413,
+            BodyNotJson | BodyInvalid(_) | FieldInvalid { .. } | CredentialsMissing => 422,
+            Locked { .. } => 429,
+            InvalidCredentials | UserNotFound => 404,
+            CredentialServiceUnavailable
+            | CredentialServiceTimeout
+            | CredentialServiceError
+            | CredentialServiceBadAnswer
+            | Internal(_) => 500,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        use Failure::*;
+        match self {
+            MethodNotAllowed => "method-not-allowed",
+            TokenMissing => "token-missing",
+            TokenMalformed(_) => "token-malformed",
+            TokenKeyUnknown => "token-key-unknown",
+            TokenSignatureInvalid(_) => "token-signature-invalid",
+            TokenExpired => "token-expired",
+            TokenNotYetValid => "token-not-yet-valid",
+            TokenClaimsInvalid(_) => "token-claims-invalid",
+            InsufficientScope => "insufficient-scope",
+            NotAcceptable => "not-acceptable",
+            UnsupportedMediaType => "unsupported-media-type",
+            PayloadTooLarge => "payload-too-large",
+            BodyNotJson => "body-not-json",
+            BodyInvalid(_) => "body-invalid",
+            FieldInvalid { .. } => "field-invalid",
+            CredentialsMissing => "credentials-missing",
+            Locked { .. } => "too-many-attempts",
+            InvalidCredentials => "invalid-credentials",
+            UserNotFound => "user-not-found",
+            MissingLinkedIdentity => "missing-linked-identity",
+            CredentialServiceUnavailable => "credential-service-unavailable",
+            CredentialServiceTimeout => "credential-service-timeout",
+            CredentialServiceError => "credential-service-error",
+            CredentialServiceBadAnswer => "credential-service-bad-answer",
+            Internal(_) => "internal-error",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        use Failure::*;
+        match self {
+            MethodNotAllowed => "Method not allowed",
+            TokenMissing => "OAuth token missing",
+            TokenMalformed(_) | TokenKeyUnknown | TokenSignatureInvalid(_) | TokenClaimsInvalid(_) => {
+                "OAuth token invalid"
+            }
+            TokenExpired => "OAuth token expired",
+            TokenNotYetValid => "OAuth token not yet valid",
+            InsufficientScope => "Insufficient scope",
+            NotAcceptable => "Not acceptable",
+            UnsupportedMediaType => "Unsupported media type",
+            PayloadTooLarge => "Request body too large",
+            BodyNotJson | BodyInvalid(_) | FieldInvalid { .. } | CredentialsMissing => {
+                "Unprocessable request body"
+            }
+            Locked { .. } => "Too many attempts",
+            InvalidCredentials => "Invalid PIN or password",
+            UserNotFound => "User not found",
+            MissingLinkedIdentity => "Missing linked identity for authorized access",
+            CredentialServiceUnavailable
+            | CredentialServiceTimeout
+            | CredentialServiceError
+            | CredentialServiceBadAnswer
+            | Internal(_) => "Internal server error",
+        }
+    }
+
+    pub fn detail(self) -> &'static str {
+        use Failure::*;
+        match self {
+            MethodNotAllowed => "This resource only accepts POST.",
+            TokenMissing => "Send an OAuth access token as 'Authorization: Bearer <token>'.",
+            TokenMalformed(d) | TokenSignatureInvalid(d) | TokenClaimsInvalid(d) | BodyInvalid(d) => d,
+            TokenKeyUnknown => "The token is signed with a key this service does not know.",
+            TokenExpired => "The token has expired.",
+            TokenNotYetValid => "The token is not valid yet.",
+            InsufficientScope => "The token lacks the scope user:otp:create.",
+            NotAcceptable => {
+                "The Accept header allows neither application/json nor application/vnd.api+json."
+            }
+            UnsupportedMediaType => {
+                "Send the body as application/json (charset utf-8) or application/vnd.api+json."
+            }
+            PayloadTooLarge => "The request body exceeds the configured maximum size.",
+            BodyNotJson => "The request body is not valid JSON.",
+            FieldInvalid { detail, .. } => detail,
+            CredentialsMissing => "Provide a non-empty 'password' or 'pin'.",
+            Locked { .. } => "Too many failed attempts for this user; retry later.",
+            InvalidCredentials => "Neither the password nor the PIN is valid for this user.",
+            UserNotFound => "The credential store has no user for this token.",
+            MissingLinkedIdentity => {
+                "Linked identity is needed to access this resource, please check why the user does not have a linked identity"
+            }
+            CredentialServiceUnavailable => "The credential service could not be reached.",
+            CredentialServiceTimeout => "The credential service did not answer in time.",
+            CredentialServiceError => "The credential service answered with an error status.",
+            CredentialServiceBadAnswer => "The credential service answered with an unreadable body.",
+            Internal(d) => d,
+        }
+    }
+
+    /// JSON pointer into the request body, for body errors (`""` is the whole document).
+    pub fn pointer(self) -> Option<&'static str> {
+        match self {
+            Failure::FieldInvalid { pointer, .. } => Some(pointer),
+            Failure::BodyNotJson | Failure::BodyInvalid(_) | Failure::CredentialsMissing => Some(""),
+            _ => None,
+        }
+    }
+
+    /// RFC 6750 §3 challenge for 401 and 403 answers.
+    pub fn www_authenticate(self) -> Option<&'static str> {
+        use Failure::*;
+        match self {
+            TokenMissing => Some("Bearer realm=\"otp\""),
+            TokenMalformed(_)
+            | TokenKeyUnknown
+            | TokenSignatureInvalid(_)
+            | TokenExpired
+            | TokenNotYetValid
+            | TokenClaimsInvalid(_) => Some("Bearer realm=\"otp\", error=\"invalid_token\""),
+            InsufficientScope => Some(
+                "Bearer realm=\"otp\", error=\"insufficient_scope\", scope=\"user:otp:create\"",
+            ),
+            MissingLinkedIdentity => Some("Bearer realm=\"otp\""),
+            _ => None,
+        }
+    }
+}
