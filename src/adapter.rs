@@ -75,13 +75,19 @@ impl RootContext for Root {
         let text = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
-                log(LogLevel::Critical, &format!("otp-filter: cannot read its configuration: {status:?}"));
+                log(
+                    LogLevel::Critical,
+                    &format!("otp-filter: cannot read its configuration: {status:?}"),
+                );
                 return false;
             }
         };
         match config::parse(&text, &|name| std::env::var(name).ok()) {
             Ok(config) => {
-                log(LogLevel::Info, &format!("otp-filter configured: {config:?}"));
+                log(
+                    LogLevel::Info,
+                    &format!("otp-filter configured: {config:?}"),
+                );
                 self.config = Some(Rc::new(config));
                 true
             }
@@ -163,12 +169,15 @@ impl Http {
             return Action::Continue;
         };
         let size = self.buffered;
-        let step = exchange.on_body(&config, size, end_of_stream, || {
-            match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
+        let step = exchange.on_body(
+            &config,
+            size,
+            end_of_stream,
+            || match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
                 Ok(body) => Ok(body.unwrap_or_default()),
                 Err(_) => Err(()),
-            }
-        });
+            },
+        );
         self.perform(&config, step)
     }
 
@@ -180,8 +189,11 @@ impl Http {
         match step {
             Step::Wait => Action::Pause,
             Step::Call(call) => {
-                let headers: Vec<(&str, &str)> =
-                    call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let headers: Vec<(&str, &str)> = call
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
                 let sent = hostcalls::dispatch_http_call(
                     &config.credential_service.cluster,
                     headers,
@@ -215,9 +227,23 @@ impl Http {
 
 /// Sends a local reply and logs the outcome (server-side failures at warn, the rest at debug).
 fn send(request_id: &str, reply: Reply, outcome: &str) {
-    let level = if reply.status >= 500 { LogLevel::Warn } else { LogLevel::Debug };
-    log(level, &format!("otp-filter request-id={request_id}: {} {outcome}", reply.status));
-    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let level = if reply.status >= 500 {
+        LogLevel::Warn
+    } else {
+        LogLevel::Debug
+    };
+    log(
+        level,
+        &format!(
+            "otp-filter request-id={request_id}: {} {outcome}",
+            reply.status
+        ),
+    );
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
     if hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body)).is_err() {
         // Nothing can be said to the client; end the stream rather than let it through.
         let _ = hostcalls::reset_http_request();

@@ -14,12 +14,43 @@ pub struct Credentials {
     pub pin: Option<Secret>,
 }
 
-#[derive(Deserialize)]
+/// The two fields as found, before type checks. Deserialized by hand because serde's derive would
+/// also accept a JSON array (`["pw", "8299"]`) as a struct, and we want objects only.
+#[derive(Default)]
 struct Raw {
-    #[serde(default)]
     password: Option<Value>,
-    #[serde(default)]
     pin: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for Raw {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = Raw;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
+                let mut raw = Raw::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "password" => &mut raw.password,
+                        "pin" => &mut raw.pin,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    }
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(raw)
+            }
+        }
+        deserializer.deserialize_map(ObjectOnly)
+    }
 }
 
 fn field(value: Option<Value>, pointer: &'static str) -> Result<Option<Secret>, Failure> {
@@ -96,7 +127,10 @@ mod tests {
         assert_eq!(err("\u{feff}{\"pin\":\"8299\"}"), Failure::BodyNotJson);
         assert_eq!(err(r#"{"pin":"1"} x"#), Failure::BodyNotJson);
         assert!(matches!(err(r#"["8299"]"#), Failure::BodyInvalid(_)));
-        assert!(matches!(err(r#"{"pin":"1","pin":"8299"}"#), Failure::BodyInvalid(_)));
+        assert!(matches!(
+            err(r#"{"pin":"1","pin":"8299"}"#),
+            Failure::BodyInvalid(_)
+        ));
         assert!(matches!(err("null"), Failure::BodyInvalid(_)));
     }
 }

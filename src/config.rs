@@ -89,7 +89,8 @@ impl<'a> Section<'a> {
 
     fn problem(&mut self, field: &str, message: impl std::fmt::Display) {
         let sep = if self.at.is_empty() { "" } else { "." };
-        self.problems.push(format!("{}{sep}{field}: {message}", self.at));
+        self.problems
+            .push(format!("{}{sep}{field}: {message}", self.at));
     }
 
     fn take(&mut self, field: &str) -> Option<Value> {
@@ -192,11 +193,20 @@ pub fn parse(text: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config
 
     let versions = top.strings("api_versions", Some(&DEFAULT_API_VERSIONS));
     for v in &versions {
-        if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-            top.problem("api_versions", format!("\"{v}\" is not a plain version name"));
+        if !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            top.problem(
+                "api_versions",
+                format!("\"{v}\" is not a plain version name"),
+            );
         }
     }
-    let routes = versions.iter().map(|v| format!("/user/{v}/user/otp")).collect();
+    let routes = versions
+        .iter()
+        .map(|v| format!("/user/{v}/user/otp"))
+        .collect();
     let max_body_bytes = top.integer("max_body_bytes", 4096, 64, 65_536) as usize;
     let credential = top.take("credential_service");
     let token = top.take("token");
@@ -254,7 +264,12 @@ fn credential_section(
         if variable.is_empty() {
             return None;
         }
-        let value = env_secret(env, "credential_service.auth_header.value_env", &variable, problems)?;
+        let value = env_secret(
+            env,
+            "credential_service.auth_header.value_env",
+            &variable,
+            problems,
+        )?;
         Some((name, Secret::new(value)))
     });
 
@@ -376,5 +391,186 @@ fn otp_section(
         step_seconds,
         lifetime_seconds,
         master_key: Secret::from_bytes(master_key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{self, config_json, merged};
+    use serde_json::json;
+
+    fn problems_of(value: Value) -> String {
+        match testkit::config_from(&value) {
+            Ok(_) => panic!("config should be refused: {value}"),
+            Err(message) => message,
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = testkit::config();
+        assert_eq!(
+            c.routes,
+            [
+                "/user/2021-2/user/otp",
+                "/user/2022-1/user/otp",
+                "/user/2024-1/user/otp",
+                "/user/2024-2/user/otp",
+                "/user/2025-1/user/otp"
+            ]
+        );
+        assert_eq!(c.max_body_bytes, 4096);
+        assert_eq!(c.credential_service.path, "/v1/credentials/verify");
+        assert_eq!(c.credential_service.timeout, Duration::from_millis(2000));
+        let (name, value) = c
+            .credential_service
+            .auth_header
+            .as_ref()
+            .expect("auth header");
+        assert_eq!(
+            (name.as_str(), value.expose()),
+            ("authorization", &b"Bearer callout"[..])
+        );
+        assert_eq!(c.token.required_scope, "user:otp:create");
+        assert_eq!(c.token.leeway_seconds, 30);
+        assert_eq!(c.token.user_id_claim, "sub");
+        assert_eq!(c.token.keys.len(), 3);
+        assert_eq!(c.otp.digits, 6);
+        assert_eq!(c.otp.algorithm, HmacAlgorithm::Sha256);
+        assert_eq!((c.otp.step_seconds, c.otp.lifetime_seconds), (60, 300));
+        assert_eq!(c.otp.master_key.len(), 32);
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_message() {
+        let bad = merged(
+            &config_json(),
+            &json!({
+                "max_body_bytes": 10,
+                "colour": "blue",
+                "otp": {"digits": 11, "algorithm": "MD5", "step_seconds": 30, "lifetime_seconds": 45, "master_key_env": "NOPE"},
+                "token": {"issuer": "", "audiences": [], "leeway_seconds": 61, "jwks": {"keys": [{"kty": "oct", "kid": "k"}]}, "extra": 1}
+            }),
+        );
+        let message = problems_of(bad);
+        for expected in [
+            "max_body_bytes: must be an integer from 64 to 65536",
+            "colour: unknown field",
+            "otp.digits: must be an integer from 6 to 10",
+            "otp.algorithm: must be \"SHA1\", \"SHA256\" or \"SHA512\"",
+            "otp.lifetime_seconds: must be a whole multiple of step_seconds (30)",
+            "otp.master_key_env: environment variable NOPE is not set",
+            "token.issuer: must be a non-empty string",
+            "token.audiences: must be a non-empty array of strings",
+            "token.leeway_seconds: must be an integer from 0 to 60",
+            "token.extra: unknown field",
+            "token.jwks.keys[0]: symmetric keys do not belong in the JWKS",
+            "token.jwks: holds no usable key",
+        ] {
+            assert!(
+                message.contains(expected),
+                "missing {expected:?} in {message}"
+            );
+        }
+        assert!(
+            message.starts_with("otp-filter configuration has 12 problem(s): "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn required_sections_and_keys() {
+        let message = problems_of(json!({}));
+        assert!(
+            message.contains("credential_service: is required"),
+            "{message}"
+        );
+        assert!(message.contains("token: is required"), "{message}");
+        assert!(problems_of(json!([])).contains("must be an object"));
+        assert!(testkit::config_from(&json!("not json")).is_err());
+        let message = match parse(b"{", &testkit::env) {
+            Err(m) => m,
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(
+            message.starts_with("otp-filter configuration is not valid JSON"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn key_problems_are_explained_without_the_key() {
+        let short_key = |_: &str| Some("c2hvcnQ=".to_string());
+        let message = match parse(config_json().to_string().as_bytes(), &short_key) {
+            Err(m) => m,
+            Ok(_) => panic!("accepted a 5-byte key"),
+        };
+        assert!(
+            message.contains("decodes to 5 bytes, at least 32 required"),
+            "{message}"
+        );
+        assert!(!message.contains("c2hvcnQ"), "{message}");
+        let not_b64 =
+            |_: &str| Some("this is not base64 but is long enough to be a key".to_string());
+        let message = match parse(config_json().to_string().as_bytes(), &not_b64) {
+            Err(m) => m,
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(message.contains("is not standard base64"), "{message}");
+        assert!(!message.contains("long enough"), "{message}");
+    }
+
+    #[test]
+    fn jwks_keys_are_checked() {
+        let jwks = json!({"keys": [
+            {"kty": "RSA", "kid": "a", "alg": "RS512", "n": "AQAB", "e": "AQAB"},
+            {"kty": "RSA", "kid": "b", "n": "AQAB", "e": "AQAB"},
+            {"kty": "EC", "kid": "c", "crv": "P-384", "x": "AA", "y": "AA"},
+            {"kty": "EC", "kid": "d", "crv": "P-256", "x": "AAAA", "y": "AAAA"},
+            {"kty": "RSA", "alg": "RS256", "n": "AQAB", "e": "AQAB"},
+            {"kty": "RSA", "kid": "e", "use": "enc", "n": "AQAB", "e": "AQAB"},
+        ]});
+        let mut with_dupe = jwks.clone();
+        let first_dev_key = testkit::jwks()["keys"][0].clone();
+        with_dupe["keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(first_dev_key.clone());
+        with_dupe["keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(first_dev_key);
+        let mut value = config_json();
+        value["token"]["jwks"] = with_dupe;
+        let message = problems_of(value);
+        for expected in [
+            "keys[0]: \"alg\" \"RS512\" is not supported for kty RSA",
+            "keys[1]: RSA modulus is 17 bits, at least 2048 required",
+            "keys[2]: EC keys must have \"crv\": \"P-256\"",
+            "keys[3]: P-256 \"x\" must be 32 bytes",
+            "keys[4]: \"kid\" must be a non-empty string",
+            "keys[5]: \"use\" must be \"sig\" when present",
+            "keys[7]: duplicate kid \"dev-rs256\"",
+        ] {
+            assert!(
+                message.contains(expected),
+                "missing {expected:?} in {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_output_never_contains_secrets() {
+        let c = testkit::config();
+        let printed = format!("{c:?}");
+        assert!(printed.contains("master key 32 bytes"), "{printed}");
+        for secret in [
+            testkit::MASTER_KEY_B64,
+            "Bearer callout",
+            testkit::HS_SECRET,
+        ] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
     }
 }

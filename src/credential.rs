@@ -46,7 +46,13 @@ pub struct Callout {
 
 impl std::fmt::Debug for Callout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Callout({}, {} header(s), {:?})", self.kind.name(), self.headers.len(), self.body)
+        write!(
+            f,
+            "Callout({}, {} header(s), {:?})",
+            self.kind.name(),
+            self.headers.len(),
+            self.body
+        )
     }
 }
 
@@ -151,8 +157,14 @@ mod tests {
             read_answer(Some(503), b"upstream connect error"),
             Err(Failure::CredentialServiceUnavailable)
         );
-        assert_eq!(read_answer(None, b""), Err(Failure::CredentialServiceUnavailable));
-        assert_eq!(read_answer(Some(504), b""), Err(Failure::CredentialServiceTimeout));
+        assert_eq!(
+            read_answer(None, b""),
+            Err(Failure::CredentialServiceUnavailable)
+        );
+        assert_eq!(
+            read_answer(Some(504), b""),
+            Err(Failure::CredentialServiceTimeout)
+        );
         for status in [201, 204, 400, 401, 404, 500] {
             assert_eq!(
                 read_answer(Some(status), br#"{"result":"valid"}"#),
@@ -173,13 +185,21 @@ mod tests {
         };
         let secret = Secret::new("pa\"ss".into());
         let c = callout(&settings, "demo-user", SecretKind::Password, &secret, "rid");
-        let header = |n: &str| c.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        let header = |n: &str| {
+            c.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(header(":path"), Some("/v1/credentials/verify"));
         assert_eq!(header(":authority"), Some("credential-service"));
         assert_eq!(header("authorization"), Some("Bearer s3"));
         assert_eq!(header("request-id"), Some("rid"));
         let body: Value = serde_json::from_slice(c.body.expose()).expect("json");
-        assert_eq!(body, json!({"user":"demo-user","kind":"password","secret":"pa\"ss"}));
+        assert_eq!(
+            body,
+            json!({"user":"demo-user","kind":"password","secret":"pa\"ss"})
+        );
         assert!(!format!("{c:?}").contains("pa\"ss"));
     }
 }

@@ -101,9 +101,10 @@ impl Failure {
         match self {
             MethodNotAllowed => "Method not allowed",
             TokenMissing => "OAuth token missing",
-            TokenMalformed(_) | TokenKeyUnknown | TokenSignatureInvalid(_) | TokenClaimsInvalid(_) => {
-                "OAuth token invalid"
-            }
+            TokenMalformed(_)
+            | TokenKeyUnknown
+            | TokenSignatureInvalid(_)
+            | TokenClaimsInvalid(_) => "OAuth token invalid",
             TokenExpired => "OAuth token expired",
             TokenNotYetValid => "OAuth token not yet valid",
             InsufficientScope => "Insufficient scope",
@@ -163,7 +164,9 @@ impl Failure {
     pub fn pointer(self) -> Option<&'static str> {
         match self {
             Failure::FieldInvalid { pointer, .. } => Some(pointer),
-            Failure::BodyNotJson | Failure::BodyInvalid(_) | Failure::CredentialsMissing => Some(""),
+            Failure::BodyNotJson | Failure::BodyInvalid(_) | Failure::CredentialsMissing => {
+                Some("")
+            }
             _ => None,
         }
     }

@@ -59,7 +59,12 @@ pub fn serves_path(config: &Config, path: &str) -> bool {
 
 impl Exchange {
     /// Starts the exchange at the request headers. `request_id` is the one the reply will carry.
-    pub fn start(config: &Config, head: &RequestHead, request_id: String, now_ms: u64) -> (Self, Step) {
+    pub fn start(
+        config: &Config,
+        head: &RequestHead,
+        request_id: String,
+        now_ms: u64,
+    ) -> (Self, Step) {
         let mut exchange = Exchange {
             request_id,
             user_id: String::new(),
@@ -77,7 +82,12 @@ impl Exchange {
         &self.request_id
     }
 
-    fn check_headers(&mut self, config: &Config, head: &RequestHead, now_ms: u64) -> Result<(), Failure> {
+    fn check_headers(
+        &mut self,
+        config: &Config,
+        head: &RequestHead,
+        now_ms: u64,
+    ) -> Result<(), Failure> {
         if head.method != "POST" {
             return Err(Failure::MethodNotAllowed);
         }
@@ -90,7 +100,9 @@ impl Exchange {
             return Err(Failure::UnsupportedMediaType);
         }
         // A declared length over the limit is refused before a byte of body is buffered.
-        let declared = head.content_length.and_then(|l| l.trim().parse::<u64>().ok());
+        let declared = head
+            .content_length
+            .and_then(|l| l.trim().parse::<u64>().ok());
         if declared.is_some_and(|len| len > config.max_body_bytes as u64) {
             return Err(Failure::PayloadTooLarge);
         }
@@ -140,13 +152,21 @@ impl Exchange {
     }
 
     /// The credential service answered (or Envoy answered for it).
-    pub fn on_answer(&mut self, config: &Config, status: Option<u16>, body: &[u8], now_ms: u64) -> Step {
+    pub fn on_answer(
+        &mut self,
+        config: &Config,
+        status: Option<u16>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Step {
         let stage = std::mem::replace(&mut self.stage, Stage::Finished);
         let pending_pin = match stage {
             Stage::CheckingPassword { pin } => pin,
             Stage::CheckingPin => None,
             Stage::AwaitingBody | Stage::Finished => {
-                return self.fail(Failure::Internal("A credential answer arrived unexpectedly."))
+                return self.fail(Failure::Internal(
+                    "A credential answer arrived unexpectedly.",
+                ))
             }
         };
         match credential::read_answer(status, body) {
@@ -172,7 +192,9 @@ impl Exchange {
 
     /// `dispatch_http_call` refused the callout (unknown cluster, missing header): fail closed.
     pub fn on_call_not_sent(&mut self) -> Step {
-        self.fail(Failure::Internal("The credential service call could not be started."))
+        self.fail(Failure::Internal(
+            "The credential service call could not be started.",
+        ))
     }
 
     fn callout(&self, config: &Config, kind: SecretKind, secret: &Secret) -> Callout {
@@ -192,7 +214,9 @@ impl Exchange {
                 reply: jsonapi::created_reply(&minted, &self.request_id),
                 outcome: "issued",
             },
-            None => self.fail(Failure::Internal("The one-time password could not be computed.")),
+            None => self.fail(Failure::Internal(
+                "The one-time password could not be computed.",
+            )),
         }
     }
 
@@ -201,6 +225,320 @@ impl Exchange {
         Step::Reply {
             reply: jsonapi::error_reply(failure, &self.request_id),
             outcome: failure.code(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{self, claims, merged, NOW};
+    use serde_json::{json, Value};
+
+    const ID: &str = "9m4e2mr0ui3e8a215n4g";
+    const NOW_MS: u64 = NOW * 1000;
+
+    struct Request {
+        method: &'static str,
+        authorization: Option<String>,
+        accept: Option<&'static str>,
+        content_type: Option<&'static str>,
+        content_length: Option<&'static str>,
+    }
+
+    fn valid() -> Request {
+        Request {
+            method: "POST",
+            authorization: Some(format!("Bearer {}", testkit::rs256(&claims()))),
+            accept: Some("application/json"),
+            content_type: Some("application/json"),
+            content_length: None,
+        }
+    }
+
+    fn start(req: &Request, end_of_stream: bool) -> (Exchange, Step) {
+        let head = RequestHead {
+            method: req.method,
+            authorization: req.authorization.as_deref(),
+            accept: req.accept,
+            content_type: req.content_type,
+            content_length: req.content_length,
+            end_of_stream,
+        };
+        Exchange::start(&testkit::config(), &head, ID.to_string(), NOW_MS)
+    }
+
+    /// The status and error code of a reply step.
+    fn answer(step: &Step) -> (u16, String) {
+        match step {
+            Step::Reply { reply, outcome } => {
+                let body: Value = serde_json::from_slice(&reply.body).expect("json body");
+                let code = body["errors"][0]["code"]
+                    .as_str()
+                    .unwrap_or("issued")
+                    .to_string();
+                assert_eq!(code, *outcome);
+                (reply.status, code)
+            }
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn with_body(body: &str) -> (Exchange, Step) {
+        let (mut exchange, step) = start(&valid(), false);
+        assert!(matches!(step, Step::Wait));
+        let bytes = body.as_bytes().to_vec();
+        let step = exchange.on_body(&testkit::config(), bytes.len(), true, || Ok(bytes));
+        (exchange, step)
+    }
+
+    fn callout_body(step: &Step) -> Value {
+        match step {
+            Step::Call(call) => serde_json::from_slice(call.body.expose()).expect("callout json"),
+            other => panic!("expected a callout, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serves_only_configured_paths() {
+        let c = testkit::config();
+        assert!(serves_path(&c, "/user/2021-2/user/otp"));
+        assert!(serves_path(&c, "/user/2025-1/user/otp?x=1"));
+        assert!(!serves_path(&c, "/user/2021-2/user/otp/"));
+        assert!(!serves_path(&c, "/user/2019-1/user/otp"));
+        assert!(!serves_path(&c, "/user/2021-2/user/otp/verify"));
+        assert!(!serves_path(&c, "/USER/2021-2/user/otp"));
+    }
+
+    #[test]
+    fn checks_run_in_the_documented_order() {
+        // Each request breaks every check from its row on; the earliest must win.
+        let expired = format!(
+            "Bearer {}",
+            testkit::rs256(&merged(&claims(), &json!({"exp": 1})))
+        );
+        let no_scope = format!(
+            "Bearer {}",
+            testkit::rs256(&merged(&claims(), &json!({"scope": "openid"})))
+        );
+        let all_bad = |r: Request| Request {
+            accept: Some("text/html"),
+            content_type: Some("text/plain"),
+            content_length: Some("999999"),
+            ..r
+        };
+        let cases: Vec<(Request, (u16, &str))> = vec![
+            (
+                all_bad(Request {
+                    method: "GET",
+                    authorization: None,
+                    ..valid()
+                }),
+                (405, "method-not-allowed"),
+            ),
+            (
+                all_bad(Request {
+                    authorization: None,
+                    ..valid()
+                }),
+                (401, "token-missing"),
+            ),
+            (
+                all_bad(Request {
+                    authorization: Some(expired),
+                    ..valid()
+                }),
+                (401, "token-expired"),
+            ),
+            (
+                all_bad(Request {
+                    authorization: Some(no_scope),
+                    ..valid()
+                }),
+                (403, "insufficient-scope"),
+            ),
+            (all_bad(valid()), (406, "not-acceptable")),
+            (
+                Request {
+                    content_type: Some("text/plain"),
+                    content_length: Some("999999"),
+                    ..valid()
+                },
+                (415, "unsupported-media-type"),
+            ),
+            (
+                Request {
+                    content_length: Some("4097"),
+                    ..valid()
+                },
+                (413, "payload-too-large"),
+            ),
+        ];
+        for (req, (status, code)) in cases {
+            let (_, step) = start(&req, false);
+            assert_eq!(answer(&step), (status, code.to_string()));
+        }
+    }
+
+    #[test]
+    fn an_empty_body_is_unprocessable() {
+        let (_, step) = start(&valid(), true);
+        assert_eq!(answer(&step), (422, "body-not-json".into()));
+    }
+
+    #[test]
+    fn body_is_buffered_and_bounded() {
+        let c = testkit::config();
+        let (mut exchange, _) = start(&valid(), false);
+        assert!(matches!(
+            exchange.on_body(&c, 10, false, || Err(())),
+            Step::Wait
+        ));
+        let step = exchange.on_body(&c, 4097, false, || Err(()));
+        assert_eq!(answer(&step), (413, "payload-too-large".into()));
+        // Once answered, later body callbacks change nothing.
+        assert!(matches!(
+            exchange.on_body(&c, 4097, true, || Err(())),
+            Step::Wait
+        ));
+
+        let (mut exchange, _) = start(&valid(), false);
+        let step = exchange.on_body(&c, 5, true, || Err(()));
+        assert_eq!(answer(&step), (500, "internal-error".into()));
+    }
+
+    #[test]
+    fn body_errors_point_at_the_field() {
+        let (_, step) = with_body(r#"{"pin":8299}"#);
+        match &step {
+            Step::Reply { reply, .. } => {
+                let body: Value = serde_json::from_slice(&reply.body).unwrap();
+                assert_eq!(body["errors"][0]["source"]["pointer"], "/pin");
+                assert_eq!(reply.status, 422);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn password_first_then_pin_then_mint() {
+        let c = testkit::config();
+        let (mut exchange, step) = with_body(r#"{"password":"wrong","pin":"8299"}"#);
+        assert_eq!(
+            callout_body(&step),
+            json!({"user": "demo-user", "kind": "password", "secret": "wrong"})
+        );
+        let step = exchange.on_answer(&c, Some(200), br#"{"result":"invalid"}"#, NOW_MS);
+        assert_eq!(
+            callout_body(&step),
+            json!({"user": "demo-user", "kind": "pin", "secret": "8299"})
+        );
+        let step = exchange.on_answer(&c, Some(200), br#"{"result":"valid"}"#, NOW_MS);
+        assert_eq!(answer(&step), (201, "issued".into()));
+        let Step::Reply { reply, .. } = step else {
+            unreachable!()
+        };
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert_eq!(reply.header("request-id"), Some(ID));
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        let otp = body["otp"].as_str().unwrap();
+        assert_eq!(otp.len(), 6);
+        // 1_800_000_000 is a multiple of the 60 s step: the code expires 300 s later.
+        assert_eq!(body["expiresAt"], "2027-01-15T08:05:00.000Z");
+        // The same user in the same step gets the same code.
+        let again = otp::mint(&c.otp, "demo-user", NOW_MS + 59_000).unwrap();
+        assert_eq!(again.code.expose_str(), otp);
+    }
+
+    #[test]
+    fn a_valid_password_skips_the_pin() {
+        let c = testkit::config();
+        let (mut exchange, _) = with_body(r#"{"password":"right","pin":"0000"}"#);
+        let step = exchange.on_answer(&c, Some(200), br#"{"result":"valid"}"#, NOW_MS);
+        assert_eq!(answer(&step).0, 201);
+    }
+
+    #[test]
+    fn pin_only_goes_straight_to_the_pin() {
+        let (_, step) = with_body(r#"{"pin":"8299"}"#);
+        assert_eq!(callout_body(&step)["kind"], "pin");
+    }
+
+    #[test]
+    fn verdicts_map_to_answers() {
+        let c = testkit::config();
+        let cases: [(&[u8], u16, &str); 5] = [
+            (br#"{"result":"invalid"}"#, 404, "invalid-credentials"),
+            (br#"{"result":"unknown-user"}"#, 404, "user-not-found"),
+            (
+                br#"{"result":"missing-linked-identity"}"#,
+                401,
+                "missing-linked-identity",
+            ),
+            (
+                br#"{"result":"locked","retryAfterSeconds":120}"#,
+                429,
+                "too-many-attempts",
+            ),
+            (b"garbage", 500, "credential-service-bad-answer"),
+        ];
+        for (answer_body, status, code) in cases {
+            // Password and PIN given: every verdict but "invalid" ends the exchange at once.
+            let (mut exchange, _) = with_body(r#"{"pin":"8299"}"#);
+            let step = exchange.on_answer(&c, Some(200), answer_body, NOW_MS);
+            assert_eq!(answer(&step), (status, code.to_string()));
+        }
+        let (mut exchange, _) = with_body(r#"{"password":"x","pin":"8299"}"#);
+        let step = exchange.on_answer(&c, Some(200), br#"{"result":"unknown-user"}"#, NOW_MS);
+        assert_eq!(
+            answer(&step),
+            (404, "user-not-found".into()),
+            "no PIN check for an unknown user"
+        );
+        for (status, code) in [
+            (None, "credential-service-unavailable"),
+            (Some(503), "credential-service-unavailable"),
+            (Some(504), "credential-service-timeout"),
+            (Some(500), "credential-service-error"),
+        ] {
+            let (mut exchange, _) = with_body(r#"{"password":"x","pin":"8299"}"#);
+            let step = exchange.on_answer(&c, status, b"", NOW_MS);
+            assert_eq!(answer(&step), (500, code.to_string()));
+            // Fail closed: a second (stray) answer cannot mint either.
+            let step = exchange.on_answer(&c, Some(200), br#"{"result":"valid"}"#, NOW_MS);
+            assert_eq!(answer(&step), (500, "internal-error".into()));
+        }
+    }
+
+    #[test]
+    fn a_callout_that_cannot_be_sent_fails_closed() {
+        let (mut exchange, _) = with_body(r#"{"pin":"8299"}"#);
+        assert_eq!(
+            answer(&exchange.on_call_not_sent()),
+            (500, "internal-error".into())
+        );
+    }
+
+    #[test]
+    fn no_reply_ever_contains_the_secrets() {
+        let c = testkit::config();
+        let token = testkit::rs256(&claims());
+        let (mut exchange, _) = with_body(r#"{"password":"hunter2-secret","pin":"8299"}"#);
+        let mut replies = Vec::new();
+        let step = exchange.on_answer(&c, Some(200), br#"{"result":"invalid"}"#, NOW_MS);
+        replies.push(exchange.on_answer(&c, Some(200), br#"{"result":"invalid"}"#, NOW_MS));
+        drop(step);
+        let (_, step) = with_body(r#"{"pin":8299,"password":"hunter2-secret"}"#);
+        replies.push(step);
+        for step in replies {
+            let Step::Reply { reply, .. } = step else {
+                panic!("reply expected")
+            };
+            let text =
+                String::from_utf8_lossy(&reply.body).to_string() + &format!("{:?}", reply.headers);
+            for secret in ["hunter2-secret", "8299", token.as_str()] {
+                assert!(!text.contains(secret), "{secret} leaked in {text}");
+            }
         }
     }
 }

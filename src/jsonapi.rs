@@ -92,7 +92,10 @@ mod tests {
             "9m4e2mr0ui3e8a215n4g",
         );
         assert_eq!(reply.status, 422);
-        assert_eq!(reply.header("Content-Type"), Some("application/vnd.api+json"));
+        assert_eq!(
+            reply.header("Content-Type"),
+            Some("application/vnd.api+json")
+        );
         assert_eq!(reply.header("request-id"), Some("9m4e2mr0ui3e8a215n4g"));
         assert_eq!(
             body(&reply),

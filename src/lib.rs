@@ -19,3 +19,6 @@ pub mod token;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
+
+#[cfg(test)]
+mod testkit;

@@ -102,9 +102,7 @@ pub fn mint(settings: &OtpSettings, user_id: &str, now_ms: u64) -> Option<Minted
     let key = user_key(settings, user_id);
     let value = hotp(settings.algorithm, key.expose(), counter, settings.digits)?;
     let windows = (settings.lifetime_seconds / step).max(1);
-    let expires_at_ms = (counter + windows)
-        .checked_mul(step)?
-        .checked_mul(1000)?;
+    let expires_at_ms = (counter + windows).checked_mul(step)?.checked_mul(1000)?;
     Some(Minted {
         code: Secret::new(format_code(value, settings.digits)),
         expires_at_ms,

@@ -49,7 +49,10 @@ fn encode(id: [u8; 12]) -> String {
 /// A client-supplied `Request-Id` is echoed only when it has the documented shape, so a caller cannot
 /// inject arbitrary text into our error documents and logs.
 pub fn is_valid(candidate: &str) -> bool {
-    candidate.len() == 20 && candidate.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'v'))
+    candidate.len() == 20
+        && candidate
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'v'))
 }
 
 #[cfg(test)]

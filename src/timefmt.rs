@@ -39,9 +39,18 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
         // The example from PACE's documentation, 2021-04-12T23:20:50.52Z, at millisecond precision.
-        assert_eq!(rfc3339_millis(1_618_269_650_520), "2021-04-12T23:20:50.520Z");
+        assert_eq!(
+            rfc3339_millis(1_618_269_650_520),
+            "2021-04-12T23:20:50.520Z"
+        );
         assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
-        assert_eq!(rfc3339_millis(20_000_000_000_000), "2603-10-11T11:33:20.000Z");
+        assert_eq!(
+            rfc3339_millis(4_102_444_799_999),
+            "2099-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            rfc3339_millis(20_000_000_000_000),
+            "2603-10-11T11:33:20.000Z"
+        );
     }
 }
