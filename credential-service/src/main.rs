@@ -1,0 +1,392 @@
+//! `credential-service`: a small reference credential service for otp-filter.
+//!
+//! ```text
+//! credential-service [--listen 127.0.0.1:10001] [--max-failures 10] [--lockout-seconds 300]
+//! credential-service hash        # reads one secret on stdin, prints its argon2id PHC string
+//! ```
+//!
+//! Env `CREDENTIAL_SERVICE_AUTH`: when set and non-empty, verify requests must carry an
+//! `authorization` header equal to it. See `protocol.rs` for the wire contract.
+
+mod lockout;
+mod protocol;
+mod service;
+mod store;
+
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+use argon2::Argon2;
+
+use crate::lockout::LockoutPolicy;
+use crate::protocol::MAX_BODY_BYTES;
+use crate::service::{BodyError, Service};
+use crate::store::Store;
+
+const USAGE: &str = "usage:
+  credential-service [--listen ADDR:PORT] [--max-failures N] [--lockout-seconds N]
+      defaults: --listen 127.0.0.1:10001 --max-failures 10 --lockout-seconds 300
+      env CREDENTIAL_SERVICE_AUTH: if set and non-empty, required `authorization` header value
+  credential-service hash
+      reads one secret from stdin, prints its argon2id PHC string";
+
+const AUTH_ENV: &str = "CREDENTIAL_SERVICE_AUTH";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServeConfig {
+    listen: String,
+    max_failures: u32,
+    lockout_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Command {
+    Serve(ServeConfig),
+    Hash,
+    Help,
+}
+
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    let mut cfg = ServeConfig {
+        listen: "127.0.0.1:10001".to_owned(),
+        max_failures: 10,
+        lockout_seconds: 300,
+    };
+    let mut it = args.iter();
+    match args.first().map(String::as_str) {
+        Some("hash") if args.len() == 1 => return Ok(Command::Hash),
+        Some("hash") => return Err("`hash` takes no arguments".to_owned()),
+        _ => {}
+    }
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        if matches!(flag, "-h" | "--help") {
+            return Ok(Command::Help);
+        }
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag {
+            "--listen" => cfg.listen = value()?,
+            "--max-failures" => {
+                let v = value()?;
+                cfg.max_failures = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("--max-failures: not a positive integer: {v:?}"))?;
+            }
+            "--lockout-seconds" => {
+                let v = value()?;
+                cfg.lockout_seconds =
+                    v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        format!("--lockout-seconds: not a positive integer: {v:?}")
+                    })?;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Command::Serve(cfg))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match parse_args(&args) {
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Ok(Command::Hash) => hash(),
+        Ok(Command::Serve(cfg)) => serve(&cfg),
+        Err(msg) => Err(format!("{msg}\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("credential-service: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `credential-service hash`: one secret on stdin (trailing newline stripped) → PHC string.
+fn hash() -> Result<(), String> {
+    let mut input = String::new();
+    io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    let secret = input
+        .strip_suffix('\n')
+        .map(|s| s.strip_suffix('\r').unwrap_or(s))
+        .unwrap_or(&input);
+    if secret.is_empty() {
+        return Err("empty secret on stdin".to_owned());
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    let phc = Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map_err(|e| format!("hashing: {e}"))?;
+    println!("{phc}");
+    Ok(())
+}
+
+fn serve(cfg: &ServeConfig) -> Result<(), String> {
+    let auth = match std::env::var(AUTH_ENV) {
+        Ok(v) if !v.is_empty() => Some(v),
+        Ok(_) | Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(format!("{AUTH_ENV} is not valid UTF-8"))
+        }
+    };
+    let policy = LockoutPolicy {
+        max_failures: cfg.max_failures,
+        lockout: Duration::from_secs(cfg.lockout_seconds),
+    };
+    let store = Store::embedded(policy).map_err(|e| format!("embedded user store: {e}"))?;
+    let service = Arc::new(Service::new(store, auth));
+
+    let listener = TcpListener::bind(&cfg.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    if let Err(e) = set_listener_nodelay(&listener) {
+        eprintln!("warning: could not set TCP_NODELAY: {e}");
+    }
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("local address: {e}"))?;
+    let server = Arc::new(
+        tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| format!("starting HTTP server: {e}"))?,
+    );
+
+    eprintln!(
+        "credential-service: max-failures={} lockout-seconds={} auth={}",
+        cfg.max_failures,
+        cfg.lockout_seconds,
+        if service.requires_auth() {
+            "required"
+        } else {
+            "off"
+        }
+    );
+    // The one stdout line tests parse.
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening on {addr}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("stdout: {e}"))?;
+    drop(stdout);
+
+    // argon2 is CPU-bound; a few more workers than cores keeps /healthz and /v1/stats
+    // answering while verifications run.
+    let workers = thread::available_parallelism()
+        .map_or(2, usize::from)
+        .saturating_mul(2)
+        .clamp(4, 16);
+    // Workers only return when the server is broken (tiny_http stops accepting after an
+    // accept error); then stop the whole process rather than linger half-alive.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    for _ in 0..workers {
+        let server = Arc::clone(&server);
+        let service = Arc::clone(&service);
+        let done = done_tx.clone();
+        thread::spawn(move || {
+            worker(&server, &service);
+            let _ = done.send(());
+        });
+    }
+    drop(done_tx);
+    let _ = done_rx.recv();
+    Err("HTTP server stopped accepting connections".to_owned())
+}
+
+fn worker(server: &tiny_http::Server, service: &Service) {
+    loop {
+        match server.recv() {
+            Ok(rq) => serve_one(service, rq),
+            Err(e) => {
+                eprintln!("credential-service: accept failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn header<'a>(rq: &'a tiny_http::Request, name: &'static str) -> Option<&'a str> {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+fn read_body(rq: &mut tiny_http::Request) -> Result<Vec<u8>, BodyError> {
+    if rq.body_length().is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::with_capacity(rq.body_length().unwrap_or(256).min(MAX_BODY_BYTES));
+    rq.as_reader()
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|_| BodyError::Unreadable)?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(body)
+}
+
+fn serve_one(service: &Service, mut rq: tiny_http::Request) {
+    let method = rq.method().as_str().to_owned();
+    let url = rq.url().to_owned();
+    let authorization = header(&rq, "authorization").map(str::to_owned);
+    let request_id = header(&rq, "request-id").map(str::to_owned);
+
+    let req = service::Request {
+        method: &method,
+        url: &url,
+        authorization: authorization.as_deref(),
+    };
+    let answer = service.handle(&req, &mut || read_body(&mut rq));
+
+    let mut response =
+        tiny_http::Response::from_data(answer.body.into_bytes()).with_status_code(answer.status);
+    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", answer.content_type) {
+        response.add_header(h);
+    }
+    if let Some(allow) = answer.allow {
+        if let Ok(h) = tiny_http::Header::from_bytes("Allow", allow) {
+            response.add_header(h);
+        }
+    }
+    let sent = rq.respond(response);
+
+    // One line per request. Never the body, the secret or the authorization header.
+    let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
+    let line = format!(
+        "{} {} request-id={} user={} kind={} status={} result={}{}\n",
+        clean(&method, 16),
+        clean(path, 200),
+        quoted(request_id.as_deref()),
+        quoted(answer.user.as_deref()),
+        answer.kind.map_or("-", |k| k.as_str()),
+        answer.status,
+        answer.result,
+        match sent {
+            Ok(()) => String::new(),
+            Err(e) => format!(" write-error={}", clean(&e.to_string(), 200)),
+        }
+    );
+    // stderr is unbuffered: one write per line, not one per formatted piece.
+    let _ = io::stderr().write_all(line.as_bytes());
+}
+
+/// Escapes control characters, quotes and backslashes, and truncates: client-supplied values
+/// must not be able to forge log lines.
+fn clean(s: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || c == '"' || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn quoted(v: Option<&str>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("\"{}\"", clean(v, 128)))
+}
+
+/// Accepted sockets inherit TCP_NODELAY from the listener on Linux; tiny_http gives no hook
+/// on the accepted sockets themselves. Responses already go out in one write (tiny_http
+/// buffers a whole small response and flushes once), this only rules out Nagle stalls.
+#[cfg(target_os = "linux")]
+fn set_listener_nodelay(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: the fd is owned by `listener` and open for the whole call; the option value
+    // pointer and length describe `one`, which outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_listener_nodelay(_listener: &TcpListener) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn cli_defaults_and_flags() {
+        assert_eq!(
+            parse_args(&[]),
+            Ok(Command::Serve(ServeConfig {
+                listen: "127.0.0.1:10001".into(),
+                max_failures: 10,
+                lockout_seconds: 300
+            }))
+        );
+        assert_eq!(
+            parse_args(&args(&[
+                "--listen",
+                "127.0.0.1:0",
+                "--max-failures=3",
+                "--lockout-seconds",
+                "5"
+            ])),
+            Ok(Command::Serve(ServeConfig {
+                listen: "127.0.0.1:0".into(),
+                max_failures: 3,
+                lockout_seconds: 5
+            }))
+        );
+        assert_eq!(parse_args(&args(&["hash"])), Ok(Command::Hash));
+        assert!(parse_args(&args(&["hash", "x"])).is_err());
+        assert!(parse_args(&args(&["--max-failures", "0"])).is_err());
+        assert!(parse_args(&args(&["--lockout-seconds", "-1"])).is_err());
+        assert!(parse_args(&args(&["--listen"])).is_err());
+        assert!(parse_args(&args(&["--bogus"])).is_err());
+        assert_eq!(parse_args(&args(&["--help"])), Ok(Command::Help));
+    }
+
+    #[test]
+    fn log_values_are_cleaned() {
+        assert_eq!(clean("demo-user", 10), "demo-user");
+        assert_eq!(clean("a\nb\"c d\u{1b}", 10), "a\\nb\\\"c d\\u{1b}");
+        assert_eq!(clean("abcdef", 3), "abc…");
+        assert_eq!(quoted(None), "-");
+        assert_eq!(quoted(Some("x y")), "\"x y\"");
+    }
+}

@@ -1,0 +1,513 @@
+//! End-to-end harness: a real Envoy (from the project's virtualenv) running the release `.wasm`,
+//! the reference credential service, and a raw HTTP/1.1 client that controls every byte sent.
+//!
+//! Every process is started on ports the OS picks, and killed when its handle drops (or, should
+//! the test thread die, by the kernel through PR_SET_PDEATHSIG).
+#![allow(dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const CALLOUT_AUTH: &str = "Bearer dev-only-credential-secret";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn built(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test`, which builds the .wasm, the credential service and the Envoy venv first",
+        path.display()
+    );
+    path
+}
+
+pub fn envoy_bin() -> PathBuf {
+    built(root().join(".venv/bin/envoy"))
+}
+pub fn wasm() -> PathBuf {
+    built(root().join("target/wasm32-wasip1/release/otp_filter.wasm"))
+}
+pub fn service_bin() -> PathBuf {
+    built(root().join("target/release/credential-service"))
+}
+pub fn token_bin() -> PathBuf {
+    built(root().join("target/release/demo-token"))
+}
+
+/// Runs the child in its own process group and has the kernel kill it if this thread dies.
+fn guarded(cmd: &mut Command) -> &mut Command {
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
+/// A child process that is killed (and reaped) on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scratch_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "otp-filter-e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference credential service
+
+pub struct CredentialService {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl CredentialService {
+    pub fn start(extra_args: &[&str]) -> Self {
+        let mut cmd = Command::new(service_bin());
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("CREDENTIAL_SERVICE_AUTH", CALLOUT_AUTH)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = guarded(&mut cmd).spawn().expect("start credential-service");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from credential-service: {line:?}"));
+        CredentialService {
+            port,
+            _proc: Proc(child),
+        }
+    }
+
+    /// `GET /v1/stats`: how many checks of each kind reached the store.
+    pub fn stats(&self) -> Value {
+        get(self.port, "/v1/stats").json()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envoy
+
+pub struct Envoy {
+    pub port: u16,
+    pub admin_port: u16,
+    pub log: PathBuf,
+    _proc: Proc,
+}
+
+/// The shipped demo config with test ports and an absolute .wasm path; `edit` may change more.
+pub fn demo_config(credential_port: u16, edit: impl FnOnce(String) -> String) -> String {
+    let text = std::fs::read_to_string(root().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml");
+    let replaced = text
+        .replace("port_value: 10000", "port_value: 0")
+        .replace("port_value: 9901", "port_value: 0")
+        .replace(
+            "port_value: 10001",
+            &format!("port_value: {credential_port}"),
+        )
+        .replace(
+            "filename: target/wasm32-wasip1/release/otp_filter.wasm",
+            &format!("filename: {}", wasm().display()),
+        );
+    assert_ne!(
+        text, replaced,
+        "envoy/envoy.yaml no longer has the expected ports"
+    );
+    edit(replaced)
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it is ready; panics with its log if it exits instead.
+    pub fn start(config: &str) -> Self {
+        match Self::try_start(config) {
+            Ok(envoy) => envoy,
+            Err(log) => panic!("Envoy did not start:\n{log}"),
+        }
+    }
+
+    /// Starts Envoy; `Err` carries its log when it exits before becoming ready.
+    pub fn try_start(config: &str) -> Result<Self, String> {
+        let dir = scratch_dir();
+        let config_path = dir.join("envoy.yaml");
+        let admin_path = dir.join("admin-address");
+        let log = dir.join("envoy.log");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut cmd = Command::new(envoy_bin());
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            .args(["--component-log-level", "wasm:debug"])
+            // The log file is flushed on this interval (default 10 s); tests read it.
+            .args(["--file-flush-interval-msec", "50"])
+            .arg("--log-path")
+            .arg(&log)
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("envoy.stderr")).expect("stderr file"));
+        let mut child = Proc(guarded(&mut cmd).spawn().expect("start envoy"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) = child.0.try_wait() {
+                let stderr = std::fs::read_to_string(dir.join("envoy.stderr")).unwrap_or_default();
+                return Err(std::fs::read_to_string(&log).unwrap_or_default() + &stderr);
+            }
+            if let Some(admin_port) = std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|a| a.trim().rsplit(':').next()?.parse::<u16>().ok())
+            {
+                let ready = try_get(admin_port, "/ready").is_some_and(|r| r.status == 200);
+                if ready {
+                    let listeners = get(admin_port, "/listeners?format=json").json();
+                    let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                        ["port_value"]
+                        .as_u64()
+                        .expect("listener port") as u16;
+                    return Ok(Envoy {
+                        port,
+                        admin_port,
+                        log,
+                        _proc: child,
+                    });
+                }
+            }
+            assert!(Instant::now() < deadline, "Envoy not ready after 30 s");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Envoy with the shipped config in front of a fresh credential service.
+pub struct Stack {
+    pub envoy: Envoy,
+    pub service: CredentialService,
+}
+
+impl Stack {
+    pub fn start() -> Self {
+        let service = CredentialService::start(&[]);
+        let envoy = Envoy::start(&demo_config(service.port, |c| c));
+        Stack { envoy, service }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens (through the same demo-token binary as `make token`)
+
+pub fn token_with(args: &[&str]) -> String {
+    let out = Command::new(token_bin())
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run demo-token");
+    assert!(
+        out.status.success(),
+        "demo-token {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8 token")
+        .trim()
+        .to_string()
+}
+
+pub fn token() -> String {
+    token_with(&[])
+}
+
+pub fn token_claims(claims: &str) -> String {
+    token_with(&["--claims", claims])
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 client
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Builds a request with `content-length` for the body (unless a header already frames it).
+pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let framed = headers.iter().any(|(n, _)| {
+        n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")
+    });
+    if let (Some(body), false) = (body, framed) {
+        out.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    if let Some(body) = body {
+        out.push_str(body);
+    }
+    out.into_bytes()
+}
+
+/// Sends `parts` on one connection, pausing `gap` between them, and reads one response.
+pub fn send_parts(port: u16, parts: &[&[u8]], gap: Duration) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            thread::sleep(gap);
+        }
+        stream.write_all(part).expect("write");
+    }
+    try_read_response(&mut stream).unwrap_or_else(|e| panic!("reading the response: {e}"))
+}
+
+pub fn send(port: u16, raw: &[u8]) -> Response {
+    send_parts(port, &[raw], Duration::ZERO)
+}
+
+pub fn get(port: u16, path: &str) -> Response {
+    send(port, &request("GET", path, &[], None))
+}
+
+/// Like `get`, but `None` on any I/O failure (for polling a process that may be exiting).
+pub fn try_get(port: u16, path: &str) -> Option<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(&request("GET", path, &[], None)).ok()?;
+    try_read_response(&mut stream).ok()
+}
+
+fn try_read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if let Some(len) = find("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        reader.read_exact(&mut body)?;
+    } else if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let size = usize::from_str_radix(size.trim(), 16).map_err(std::io::Error::other)?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Create OTP requests and assertions
+
+pub const OTP_PATH: &str = "/user/2021-2/user/otp";
+
+/// The documentation's curl: bearer token, JSON content type, JSON body.
+pub fn create_otp(port: u16, token: &str, body: &str) -> Response {
+    let auth = format!("Bearer {token}");
+    send(
+        port,
+        &request(
+            "POST",
+            OTP_PATH,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            Some(body),
+        ),
+    )
+}
+
+/// Asserts a JSON:API error document: status, code, content type, and id == Request-Id (an xid).
+pub fn assert_error(response: &Response, status: u16, code: &str) -> Value {
+    assert_eq!(
+        (response.status, response.header("content-type")),
+        (status, Some("application/vnd.api+json")),
+        "body: {}",
+        response.text()
+    );
+    let body = response.json();
+    let errors = body["errors"].as_array().expect("errors array");
+    assert_eq!(errors.len(), 1, "{body}");
+    let error = &errors[0];
+    assert_eq!(error["code"], code, "{body}");
+    assert_eq!(error["status"], status.to_string(), "{body}");
+    assert!(
+        error["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        error["detail"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    let request_id = response.header("request-id").expect("request-id header");
+    assert_eq!(error["id"], request_id, "{body}");
+    assert!(is_xid(request_id), "{request_id}");
+    assert!(body.get("data").is_none());
+    error.clone()
+}
+
+pub fn is_xid(s: &str) -> bool {
+    s.len() == 20 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'v'))
+}
+
+/// Asserts a 201 with a code of `digits` digits and an `expiresAt` in the future.
+pub fn assert_created(response: &Response) -> (String, String) {
+    assert_eq!(response.status, 201, "body: {}", response.text());
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+    assert!(is_xid(response.header("request-id").unwrap_or("")));
+    let body = response.json();
+    let object = body.as_object().expect("object");
+    assert_eq!(object.len(), 2, "{body}");
+    let otp = body["otp"].as_str().expect("otp").to_string();
+    assert!(
+        otp.len() == 6 && otp.bytes().all(|b| b.is_ascii_digit()),
+        "{otp}"
+    );
+    let expires = body["expiresAt"].as_str().expect("expiresAt").to_string();
+    assert_eq!(expires.len(), 24, "{expires}");
+    assert!(
+        expires.ends_with('Z') && expires.as_bytes()[19] == b'.',
+        "{expires}"
+    );
+    (otp, expires)
+}
+
+/// A one-shot HTTP stub standing in for a misbehaving credential service: it answers every
+/// request on every connection with `raw` after `delay`.
+pub struct Stub {
+    pub port: u16,
+}
+
+impl Stub {
+    pub fn start(raw: &'static [u8], delay: Duration) -> Stub {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind stub");
+        let port = listener.local_addr().expect("addr").port();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    let _ = conn.set_nodelay(true);
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        thread::sleep(delay);
+                        if conn.write_all(raw).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Stub { port }
+    }
+}
+
+pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
