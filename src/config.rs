@@ -38,9 +38,9 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "routes={} max_body_bytes={} credential_service={}/{}{} timeout={}ms auth_header={} \
-             issuer={} audiences={} scope={} leeway={}s user_id_claim={} keys={} \
-             otp={} digits, {:?}, step {}s, lifetime {}s, master key {} bytes",
+            "routes={} max_body_bytes={} credential_service: cluster={} authority={} path={} timeout={}ms auth_header={} \
+             token: issuer={} audiences={} scope={} leeway={}s user_id_claim={} keys={} \
+             otp: {} digits, {:?}, step {}s, lifetime {}s, master key {} bytes",
             self.routes.len(),
             self.max_body_bytes,
             self.credential_service.cluster,
