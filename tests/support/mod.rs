@@ -428,6 +428,20 @@ pub fn assert_error(response: &Response, status: u16, code: &str) -> Value {
     let errors = body["errors"].as_array().expect("errors array");
     assert_eq!(errors.len(), 1, "{body}");
     let error = &errors[0];
+    let mut keys: Vec<&str> = error
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let expected: &[&str] = if error.get("source").is_some() {
+        &["code", "detail", "id", "source", "status", "title"]
+    } else {
+        &["code", "detail", "id", "status", "title"]
+    };
+    assert_eq!(keys, expected, "{body}");
+    assert_eq!(response.header("cache-control"), Some("no-store"));
     assert_eq!(error["code"], code, "{body}");
     assert_eq!(error["status"], status.to_string(), "{body}");
     assert!(
