@@ -37,10 +37,10 @@ token:
 
 run: build $(ENVOY_STAMP)
 	@trap 'kill $$svc $$envoy 2>/dev/null || true; wait 2>/dev/null; echo; echo "stopped"' EXIT; \
-	CREDENTIAL_SERVICE_AUTH="$(DEMO_CALLOUT_AUTH)" $(SERVICE) --listen 127.0.0.1:10001 & svc=$$!; \
+	CREDENTIAL_SERVICE_AUTH="$(DEMO_CALLOUT_AUTH)" $(SERVICE) --listen 127.0.0.1:10001 --jwks-file envoy/dev-keys/jwks.json & svc=$$!; \
 	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l warn --component-log-level wasm:info & envoy=$$!; \
 	for _ in $$(seq 100); do curl -sf -o /dev/null 127.0.0.1:9901/ready && break; sleep 0.1; done; \
-	echo; echo "Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), credential service on 127.0.0.1:10001."; \
+	echo; echo "Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901); credential service and JWKS on 127.0.0.1:10001."; \
 	echo "Mint an OTP for demo-user (PIN 8299; token valid for one hour):"; echo; \
 	echo "curl -i -X POST http://127.0.0.1:10000/user/2021-2/user/otp \\"; \
 	echo "  -H \"Authorization: Bearer $$($(TOKEN_BIN))\" \\"; \

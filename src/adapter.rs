@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -16,9 +16,15 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use crate::config::{self, Config};
 use crate::credential::MAX_ANSWER_BYTES;
 use crate::failure::Failure;
-use crate::flow::{self, Exchange, RequestHead, Step};
+use serde_json::{Map, Value};
+
+use crate::credential::Upstream;
+use crate::flow::{self, Exchange, RequestHead, Step, TokenState};
+use crate::introspection::{IntrospectionCache, MAX_ANSWER_BYTES as MAX_INTROSPECTION_BYTES};
 use crate::jsonapi::{self, Reply};
+use crate::jwks::{RemoteJwks, MAX_JWKS_BYTES};
 use crate::request_id::{self, XidGenerator};
+use crate::token::TokenSource;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -46,8 +52,16 @@ fn now_ms() -> u64 {
 
 struct Root {
     config: Option<Rc<Config>>,
+    /// The fetched key set, shared with this VM's streams; `None` without `remote_jwks`.
+    remote: Option<Rc<RefCell<RemoteJwks>>>,
+    /// Positive introspection answers, shared with this VM's streams; `None` in other modes.
+    introspection_cache: Option<Rc<RefCell<IntrospectionCache>>>,
     ids: Rc<RefCell<XidGenerator>>,
 }
+
+/// How often the root context checks whether the JWKS is due for a fetch. The check is a few
+/// comparisons; the fetch schedule itself lives in `RemoteJwks`.
+const TICK: Duration = Duration::from_millis(500);
 
 impl Root {
     fn new() -> Self {
@@ -58,12 +72,72 @@ impl Root {
         }
         Root {
             config: None,
+            remote: None,
+            introspection_cache: None,
             ids: Rc::new(RefCell::new(XidGenerator::new(seed))),
+        }
+    }
+
+    fn fetch_jwks_if_due(&self) {
+        let Some(remote) = &self.remote else { return };
+        let mut remote = remote.borrow_mut();
+        let Some(fetch) = remote.due(now_ms()) else {
+            return;
+        };
+        let headers: Vec<(&str, &str)> = fetch
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let cluster = remote.settings().cluster.clone();
+        if let Err(status) =
+            hostcalls::dispatch_http_call(&cluster, headers, None, vec![], fetch.timeout)
+        {
+            remote.on_not_sent();
+            log(
+                LogLevel::Warn,
+                &format!("otp-filter: JWKS fetch to cluster \"{cluster}\" not sent: {status:?}"),
+            );
         }
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// The JWKS answer (the root context sends no other callouts).
+    fn on_http_call_response(&mut self, _: u32, _: usize, body_size: usize, _: usize) {
+        let Some(remote) = &self.remote else { return };
+        let (status, body) = call_response(body_size, MAX_JWKS_BYTES);
+        let mut remote = remote.borrow_mut();
+        match remote.on_answer(status, &body, now_ms()) {
+            Ok((count, skipped)) => {
+                let kids: Vec<&str> = remote
+                    .keys()
+                    .map(|k| k.kids().collect())
+                    .unwrap_or_default();
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "otp-filter: JWKS loaded, {count} key(s): {}",
+                        kids.join(", ")
+                    ),
+                );
+                if !skipped.is_empty() {
+                    log(
+                        LogLevel::Info,
+                        &format!("otp-filter: JWKS keys skipped: {}", skipped.join("; ")),
+                    );
+                }
+            }
+            Err(why) => {
+                let kept = remote.keys().map_or(0, |k| k.len());
+                log(
+                    LogLevel::Warn,
+                    &format!("otp-filter: JWKS fetch failed ({why}); still using {kept} key(s)"),
+                );
+            }
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
@@ -88,6 +162,23 @@ impl RootContext for Root {
                     LogLevel::Info,
                     &format!("otp-filter configured: {config:?}"),
                 );
+                if let Some(settings) = config.token.remote_jwks.clone() {
+                    self.remote = Some(Rc::new(RefCell::new(RemoteJwks::new(settings))));
+                    if hostcalls::set_tick_period(TICK).is_err() {
+                        log(
+                            LogLevel::Critical,
+                            "otp-filter: cannot set a tick period to fetch the JWKS",
+                        );
+                        return false;
+                    }
+                }
+                if let TokenSource::Introspection(settings) = &config.token.source {
+                    self.introspection_cache =
+                        Some(Rc::new(RefCell::new(IntrospectionCache::new(
+                            settings.cache_entries,
+                            Duration::from_secs(settings.cache_seconds),
+                        ))));
+                }
                 self.config = Some(Rc::new(config));
                 true
             }
@@ -99,9 +190,15 @@ impl RootContext for Root {
         }
     }
 
+    fn on_tick(&mut self) {
+        self.fetch_jwks_if_due();
+    }
+
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             config: self.config.clone(),
+            remote: self.remote.clone(),
+            introspection_cache: self.introspection_cache.clone(),
             ids: Rc::clone(&self.ids),
             exchange: None,
             buffered: 0,
@@ -116,9 +213,58 @@ impl RootContext for Root {
 struct Http {
     /// `None` only if Envoy created a stream despite a refused config; then every request fails closed.
     config: Option<Rc<Config>>,
+    remote: Option<Rc<RefCell<RemoteJwks>>>,
+    introspection_cache: Option<Rc<RefCell<IntrospectionCache>>>,
     ids: Rc<RefCell<XidGenerator>>,
     exchange: Option<Exchange>,
     buffered: usize,
+}
+
+/// The `:status` and up to `limit + 1` bytes of a callout's answer: one byte past the limit, so an
+/// oversized answer is recognised as such without ever being read whole.
+fn call_response(body_size: usize, limit: usize) -> (Option<u16>, Vec<u8>) {
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+    let body = hostcalls::get_buffer(
+        BufferType::HttpCallResponseBody,
+        0,
+        body_size.min(limit + 1),
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    (status, body)
+}
+
+/// The claims the filter needs, read from the payload Envoy's `jwt_authn` left in dynamic metadata
+/// (`payload_in_metadata`). `None` when jwt_authn did not accept a token. Each claim is read as a
+/// leaf, which Envoy hands over as the raw string; the payload as a whole would be a serialized
+/// protobuf Struct.
+fn jwt_authn_claims(config: &Config, payload_key: &str) -> Option<Map<String, Value>> {
+    let base = [
+        "metadata",
+        "filter_metadata",
+        "envoy.filters.http.jwt_authn",
+        payload_key,
+    ];
+    hostcalls::get_property(base.to_vec()).ok().flatten()?;
+    let mut names = vec![config.token.user_id_claim.as_str(), "scope"];
+    if let Some(rule) = &config.token.linked_identity {
+        names.push(rule.claim.as_str());
+    }
+    let mut claims = Map::new();
+    for name in names {
+        let mut path = base.to_vec();
+        path.push(name);
+        if let Ok(Some(bytes)) = hostcalls::get_property(path) {
+            if let Ok(text) = String::from_utf8(bytes) {
+                claims.insert(name.to_string(), Value::String(text));
+            }
+        }
+    }
+    Some(claims)
 }
 
 fn request_header(name: &str) -> Result<Option<String>, ()> {
@@ -151,15 +297,27 @@ impl Http {
             Some(id) if request_id::is_valid(&id) => id,
             _ => self.ids.borrow_mut().next(now / 1000),
         };
+        let verified_claims = match &config.token.source {
+            TokenSource::JwtAuthn { payload_key } => jwt_authn_claims(&config, payload_key),
+            _ => None,
+        };
         let head = RequestHead {
             method: &method,
+            verified_claims,
             authorization: authorization.as_deref(),
             accept: accept.as_deref(),
             content_type: content_type.as_deref(),
             content_length: content_length.as_deref(),
             end_of_stream,
         };
-        let (exchange, step) = Exchange::start(&config, &head, id, now);
+        let mut remote = self.remote.as_ref().map(|r| r.borrow_mut());
+        let mut cache = self.introspection_cache.as_ref().map(|c| c.borrow_mut());
+        let state = TokenState {
+            remote_jwks: remote.as_deref_mut(),
+            introspection_cache: cache.as_deref_mut(),
+        };
+        let (exchange, step) = Exchange::start(&config, state, &head, id, now);
+        drop((remote, cache));
         self.exchange = Some(exchange);
         Ok(self.perform(&config, step))
     }
@@ -194,12 +352,21 @@ impl Http {
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect();
+                let (cluster, timeout) = match (&call.upstream, &config.token.source) {
+                    (Upstream::Introspection, TokenSource::Introspection(i)) => {
+                        (i.cluster.as_str(), i.timeout)
+                    }
+                    _ => (
+                        config.credential_service.cluster.as_str(),
+                        config.credential_service.timeout,
+                    ),
+                };
                 let sent = hostcalls::dispatch_http_call(
-                    &config.credential_service.cluster,
+                    cluster,
                     headers,
                     Some(call.body.expose()),
                     Vec::new(),
-                    config.credential_service.timeout,
+                    timeout,
                 );
                 match sent {
                     Ok(_) => Action::Pause,
@@ -255,20 +422,11 @@ impl Context for Http {
         let (Some(config), Some(exchange)) = (self.config.clone(), self.exchange.as_mut()) else {
             return;
         };
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
-        // Read one byte past the limit so an oversized answer is seen as such, never read whole.
-        let body = hostcalls::get_buffer(
-            BufferType::HttpCallResponseBody,
-            0,
-            body_size.min(MAX_ANSWER_BYTES + 1),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-        let step = exchange.on_answer(&config, status, &body, now_ms());
+        let (status, body) =
+            call_response(body_size, MAX_ANSWER_BYTES.max(MAX_INTROSPECTION_BYTES));
+        let mut cache = self.introspection_cache.as_ref().map(|c| c.borrow_mut());
+        let step = exchange.on_answer(&config, cache.as_deref_mut(), status, &body, now_ms());
+        drop(cache);
         self.perform(&config, step);
     }
 }

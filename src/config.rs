@@ -8,10 +8,12 @@ use base64::Engine;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
-use crate::jwk::{Algorithm, Key, KeyMaterial, KeySet};
+use crate::introspection::IntrospectionSettings;
+use crate::jwk::{Algorithm, Key, KeySet};
+use crate::jwks::RemoteJwksSettings;
 use crate::otp::{HmacAlgorithm, OtpSettings};
 use crate::secret::Secret;
-use crate::token::TokenSettings;
+use crate::token::{LinkedIdentityRule, TokenSettings, TokenSource};
 
 pub const DEFAULT_API_VERSIONS: [&str; 5] = ["2021-2", "2022-1", "2024-1", "2024-2", "2025-1"];
 
@@ -98,6 +100,7 @@ impl<'a> Section<'a> {
     }
 
     fn string(&mut self, field: &str, default: Option<&str>) -> String {
+        // (Config problems name fields, never values: a value may be a secret pasted by mistake.)
         match self.take(field) {
             Some(Value::String(s)) if !s.is_empty() => s,
             Some(_) => {
@@ -291,55 +294,228 @@ fn token_section(
         problems.push("token: is required".into());
     }
     let mut s = Section::new("token", value, problems);
-    let issuer = s.string("issuer", None);
-    let audiences = s.strings("audiences", None);
+    let mode = s.string("mode", Some("jwt"));
+    // jwt_authn checks issuer and audience itself (its provider config); everywhere else they are ours.
+    let (issuer, audiences) = if mode == "jwt_authn" {
+        for field in ["issuer", "audiences"] {
+            if s.take(field).is_some() {
+                s.problem(
+                    field,
+                    "is checked by the jwt_authn provider in jwt_authn mode; set it there",
+                );
+            }
+        }
+        (String::new(), Vec::new())
+    } else {
+        (s.string("issuer", None), s.strings("audiences", None))
+    };
+    let authorized_parties = s.strings("authorized_parties", Some(&[]));
     let required_scope = s.string("required_scope", Some("user:otp:create"));
     let leeway_seconds = s.integer("leeway_seconds", 30, 0, 60);
     let user_id_claim = s.string("user_id_claim", Some("sub"));
+    let linked = s.take("linked_identity");
     let jwks = s.take("jwks");
-    let hs256 = s.take("hs256");
+    let remote = s.take("remote_jwks");
+    let hmac_keys = s.take("hmac_keys");
+    let jwt_authn = s.take("jwt_authn");
+    let introspection = s.take("introspection");
     s.finish();
+
+    let linked_identity = linked.map(|linked| {
+        let mut l = Section::new("token.linked_identity", Some(linked), problems);
+        let claim = l.string("claim", None);
+        let equals = l.take("equals");
+        l.finish();
+        LinkedIdentityRule { claim, equals }
+    });
 
     let mut keys = match &jwks {
         Some(jwks) => KeySet::from_jwks(jwks, "token.jwks", problems),
         None => KeySet::default(),
     };
-    if let Some(hs256) = hs256 {
-        let mut h = Section::new("token.hs256", Some(hs256), problems);
-        let kid = h.string("kid", None);
-        let variable = h.string("secret_env", None);
-        h.finish();
-        if !variable.is_empty() {
-            if let Some(secret) = env_secret(env, "token.hs256.secret_env", &variable, problems) {
-                if secret.len() < 32 {
-                    problems.push(format!(
-                        "token.hs256.secret_env: the secret in {variable} is {} bytes, at least 32 required",
-                        secret.len()
-                    ));
-                } else {
-                    let key = Key {
-                        kid,
-                        algorithm: Algorithm::Hs256,
-                        material: KeyMaterial::Hmac(Secret::new(secret)),
-                    };
-                    keys.add(key, "token.hs256", problems);
+    match hmac_keys {
+        None => {}
+        Some(Value::Array(entries)) => {
+            for (i, entry) in entries.into_iter().enumerate() {
+                let at = format!("token.hmac_keys[{i}]");
+                if let Some(key) = hmac_key(entry, &at, env, problems) {
+                    keys.add(key, &at, problems);
                 }
             }
         }
+        Some(_) => problems.push("token.hmac_keys: must be an array".into()),
     }
-    if keys.is_empty() && jwks.is_some() {
-        problems.push("token.jwks: holds no usable key".into());
-    } else if keys.is_empty() {
-        problems.push("token: configure \"jwks\" (or \"hs256\") so tokens can be verified".into());
+    let remote_jwks = remote.map(|remote| remote_jwks_section(remote, problems));
+    let has_keys = !keys.is_empty() || remote_jwks.is_some();
+    let source = match mode.as_str() {
+        "jwt" => {
+            if !has_keys {
+                problems.push(
+                    "token: configure \"jwks\", \"remote_jwks\" or \"hmac_keys\" so tokens can be verified".into(),
+                );
+            }
+            TokenSource::Jwt
+        }
+        "jwt_authn" => {
+            let mut j = Section::new("token.jwt_authn", jwt_authn.clone(), problems);
+            let payload_key = j.string("payload_metadata_key", None);
+            j.finish();
+            TokenSource::JwtAuthn { payload_key }
+        }
+        "introspection" => match introspection.clone() {
+            Some(value) => TokenSource::Introspection(introspection_section(value, env, problems)),
+            None => {
+                problems.push("token.introspection: is required in introspection mode".into());
+                TokenSource::Jwt
+            }
+        },
+        _ => {
+            problems.push("token.mode: must be \"jwt\", \"jwt_authn\" or \"introspection\"".into());
+            TokenSource::Jwt
+        }
+    };
+    if mode != "jwt" && has_keys {
+        problems.push(format!(
+            "token: keys (jwks, remote_jwks, hmac_keys) are not used in {mode} mode"
+        ));
+    }
+    if mode != "jwt_authn" && jwt_authn.is_some() {
+        problems.push(format!(
+            "token.jwt_authn: only used in jwt_authn mode, not {mode}"
+        ));
+    }
+    if mode != "introspection" && introspection.is_some() {
+        problems.push(format!(
+            "token.introspection: only used in introspection mode, not {mode}"
+        ));
     }
 
     TokenSettings {
         issuer,
         audiences,
+        authorized_parties,
         required_scope,
         leeway_seconds,
         user_id_claim,
+        linked_identity,
         keys,
+        remote_jwks,
+        source,
+    }
+}
+
+fn introspection_section(
+    value: Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> IntrospectionSettings {
+    let mut i = Section::new("token.introspection", Some(value), problems);
+    let cluster = i.string("cluster", None);
+    let authority = i.string("authority", None);
+    let path = i.string("path", None);
+    if !path.is_empty() && !path.starts_with('/') {
+        i.problem("path", "must start with /");
+    }
+    let timeout = Duration::from_millis(i.integer("timeout_ms", 2000, 1, 60_000));
+    let client_id = i.string("client_id", None);
+    let variable = i.string("client_secret_env", None);
+    let cache_seconds = i.integer("cache_seconds", 30, 0, 300);
+    let cache_entries = i.integer("cache_entries", 10_000, 0, 100_000) as usize;
+    i.finish();
+    let client_secret = if variable.is_empty() {
+        None
+    } else {
+        env_secret(
+            env,
+            "token.introspection.client_secret_env",
+            &variable,
+            problems,
+        )
+    };
+    IntrospectionSettings {
+        cluster,
+        authority,
+        path,
+        timeout,
+        client_id,
+        client_secret: Secret::new(client_secret.unwrap_or_default()),
+        cache_seconds,
+        cache_entries,
+    }
+}
+
+fn hmac_key(
+    entry: Value,
+    at: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<Key> {
+    let fields = match entry {
+        Value::Object(fields) => fields,
+        _ => {
+            problems.push(format!("{at}: must be an object"));
+            return None;
+        }
+    };
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    for name in fields
+        .keys()
+        .filter(|k| !["kid", "alg", "secret_env"].contains(&k.as_str()))
+    {
+        problems.push(format!("{at}.{name}: unknown field"));
+    }
+    let Some(kid) = text("kid") else {
+        problems.push(format!("{at}.kid: is required"));
+        return None;
+    };
+    let algorithm = text("alg").and_then(Algorithm::parse);
+    let Some((algorithm, min_len)) = algorithm.and_then(|a| Some((a, a.min_hmac_key_bytes()?)))
+    else {
+        problems.push(format!(
+            "{at}.alg: must be \"HS256\", \"HS384\" or \"HS512\""
+        ));
+        return None;
+    };
+    let Some(variable) = text("secret_env") else {
+        problems.push(format!("{at}.secret_env: is required"));
+        return None;
+    };
+    let secret = env_secret(env, &format!("{at}.secret_env"), variable, problems)?;
+    if secret.len() < min_len {
+        problems.push(format!(
+            "{at}.secret_env: the secret in {variable} is {} bytes, at least {min_len} required for {}",
+            secret.len(),
+            text("alg").unwrap_or_default()
+        ));
+        return None;
+    }
+    Some(Key::hmac(kid.to_string(), algorithm, Secret::new(secret)))
+}
+
+fn remote_jwks_section(value: Value, problems: &mut Vec<String>) -> RemoteJwksSettings {
+    let mut r = Section::new("token.remote_jwks", Some(value), problems);
+    let cluster = r.string("cluster", None);
+    let authority = r.string("authority", None);
+    let path = r.string("path", None);
+    if !path.is_empty() && !path.starts_with('/') {
+        r.problem("path", "must start with /");
+    }
+    let timeout = Duration::from_millis(r.integer("timeout_ms", 2000, 1, 60_000));
+    let refresh = Duration::from_secs(r.integer("refresh_seconds", 300, 10, 86_400));
+    let min_refetch = Duration::from_secs(r.integer("min_refetch_seconds", 30, 1, 3600));
+    r.finish();
+    RemoteJwksSettings {
+        cluster,
+        authority,
+        path,
+        timeout,
+        refresh,
+        min_refetch,
     }
 }
 
@@ -435,7 +611,7 @@ mod tests {
         assert_eq!(c.token.required_scope, "user:otp:create");
         assert_eq!(c.token.leeway_seconds, 30);
         assert_eq!(c.token.user_id_claim, "sub");
-        assert_eq!(c.token.keys.len(), 3);
+        assert_eq!(c.token.keys.len(), 8);
         assert_eq!(c.otp.digits, 6);
         assert_eq!(c.otp.algorithm, HmacAlgorithm::Sha256);
         assert_eq!((c.otp.step_seconds, c.otp.lifetime_seconds), (60, 300));
@@ -465,8 +641,8 @@ mod tests {
             "token.audiences: must be a non-empty array of strings",
             "token.leeway_seconds: must be an integer from 0 to 60",
             "token.extra: unknown field",
-            "token.jwks.keys[0]: symmetric keys do not belong in the JWKS",
-            "token.jwks: holds no usable key",
+            "token.jwks.keys[0]: symmetric keys do not belong in a JWKS",
+            "token: configure \"jwks\", \"remote_jwks\" or \"hmac_keys\"",
         ] {
             assert!(
                 message.contains(expected),
@@ -523,13 +699,15 @@ mod tests {
 
     #[test]
     fn jwks_keys_are_checked() {
+        let n = testkit::jwks()["keys"][0]["n"].clone();
         let jwks = json!({"keys": [
-            {"kty": "RSA", "kid": "a", "alg": "RS512", "n": "AQAB", "e": "AQAB"},
+            {"kty": "RSA", "kid": "a", "alg": "ES256", "n": n, "e": "AQAB"},
             {"kty": "RSA", "kid": "b", "n": "AQAB", "e": "AQAB"},
-            {"kty": "EC", "kid": "c", "crv": "P-384", "x": "AA", "y": "AA"},
+            {"kty": "EC", "kid": "c", "crv": "P-521", "x": "AA", "y": "AA"},
             {"kty": "EC", "kid": "d", "crv": "P-256", "x": "AAAA", "y": "AAAA"},
-            {"kty": "RSA", "alg": "RS256", "n": "AQAB", "e": "AQAB"},
-            {"kty": "RSA", "kid": "e", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            {"kty": "RSA", "alg": "RS256", "n": n, "e": "AQAB"},
+            {"kty": "RSA", "kid": "e", "use": "enc", "n": n, "e": "AQAB"},
+            {"kty": "OKP", "kid": "f", "crv": "X25519", "x": "AA"},
         ]});
         let mut with_dupe = jwks.clone();
         let first_dev_key = testkit::jwks()["keys"][0].clone();
@@ -543,21 +721,28 @@ mod tests {
             .push(first_dev_key);
         let mut value = config_json();
         value["token"]["jwks"] = with_dupe;
+        value["token"]["hmac_keys"] = json!([
+            {"kid": "h1", "alg": "HS512", "secret_env": "HS_SECRET"},
+            {"kid": "h2", "alg": "RS256", "secret_env": "HS_SECRET"},
+            {"kid": "h3", "alg": "HS256", "secret_env": "HS_SECRET", "secret": "inline"},
+        ]);
         let message = problems_of(value);
         for expected in [
-            "keys[0]: \"alg\" \"RS512\" is not supported for kty RSA",
+            "keys[0]: \"alg\" \"ES256\" is not supported for this key type",
             "keys[1]: RSA modulus is 17 bits, at least 2048 required",
-            "keys[2]: EC keys must have \"crv\": \"P-256\"",
-            "keys[3]: P-256 \"x\" must be 32 bytes",
+            "keys[2]: EC keys must have \"crv\" \"P-256\" or \"P-384\"",
+            "keys[3]: \"x\" must be 32 bytes",
             "keys[4]: \"kid\" must be a non-empty string",
             "keys[5]: \"use\" must be \"sig\" when present",
-            "keys[7]: duplicate kid \"dev-rs256\"",
+            "keys[6]: OKP keys must have \"crv\" \"Ed25519\"",
+            "keys[8]: duplicate kid \"dev-rs256\"",
+            "hmac_keys[0].secret_env: the secret in HS_SECRET is 40 bytes, at least 64 required for HS512",
+            "hmac_keys[1].alg: must be \"HS256\", \"HS384\" or \"HS512\"",
+            "hmac_keys[2].secret: unknown field",
         ] {
-            assert!(
-                message.contains(expected),
-                "missing {expected:?} in {message}"
-            );
+            assert!(message.contains(expected), "missing {expected:?} in {message}");
         }
+        assert!(!message.contains(testkit::HS_SECRET));
     }
 
     #[test]

@@ -37,9 +37,17 @@ pub enum Verdict {
     Locked { retry_after_seconds: u64 },
 }
 
-/// Everything `dispatch_http_call` needs. The body holds the secret: never log it.
+/// Which configured cluster a callout goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    CredentialService,
+    Introspection,
+}
+
+/// Everything `dispatch_http_call` needs but the cluster, which `upstream` names. The body holds a
+/// secret (a PIN, password or token): never log it.
 pub struct Callout {
-    pub kind: SecretKind,
+    pub upstream: Upstream,
     pub headers: Vec<(String, String)>,
     pub body: Secret,
 }
@@ -48,8 +56,8 @@ impl std::fmt::Debug for Callout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Callout({}, {} header(s), {:?})",
-            self.kind.name(),
+            "Callout({:?}, {} header(s), {:?})",
+            self.upstream,
             self.headers.len(),
             self.body
         )
@@ -79,7 +87,7 @@ pub fn callout(
         "secret": secret.expose_str(),
     });
     Callout {
-        kind,
+        upstream: Upstream::CredentialService,
         headers,
         body: Secret::new(body.to_string()),
     }

@@ -13,6 +13,8 @@ pub enum Failure {
     TokenExpired,
     TokenNotYetValid,
     TokenClaimsInvalid(&'static str),
+    TokenInactive,
+    TokenRejected,
     InsufficientScope,
     NotAcceptable,
     UnsupportedMediaType,
@@ -34,6 +36,11 @@ pub enum Failure {
     CredentialServiceTimeout,
     CredentialServiceError,
     CredentialServiceBadAnswer,
+    JwksUnavailable,
+    IntrospectionUnavailable,
+    IntrospectionTimeout,
+    IntrospectionError,
+    IntrospectionBadAnswer,
     Internal(&'static str),
 }
 
@@ -49,6 +56,8 @@ impl Failure {
             | TokenExpired
             | TokenNotYetValid
             | TokenClaimsInvalid(_)
+            | TokenInactive
+            | TokenRejected
             | MissingLinkedIdentity => 401,
             InsufficientScope => 403,
             NotAcceptable => 406,
@@ -61,6 +70,11 @@ impl Failure {
             | CredentialServiceTimeout
             | CredentialServiceError
             | CredentialServiceBadAnswer
+            | JwksUnavailable
+            | IntrospectionUnavailable
+            | IntrospectionTimeout
+            | IntrospectionError
+            | IntrospectionBadAnswer
             | Internal(_) => 500,
         }
     }
@@ -76,6 +90,8 @@ impl Failure {
             TokenExpired => "token-expired",
             TokenNotYetValid => "token-not-yet-valid",
             TokenClaimsInvalid(_) => "token-claims-invalid",
+            TokenInactive => "token-inactive",
+            TokenRejected => "token-rejected",
             InsufficientScope => "insufficient-scope",
             NotAcceptable => "not-acceptable",
             UnsupportedMediaType => "unsupported-media-type",
@@ -92,6 +108,11 @@ impl Failure {
             CredentialServiceTimeout => "credential-service-timeout",
             CredentialServiceError => "credential-service-error",
             CredentialServiceBadAnswer => "credential-service-bad-answer",
+            JwksUnavailable => "jwks-unavailable",
+            IntrospectionUnavailable => "introspection-unavailable",
+            IntrospectionTimeout => "introspection-timeout",
+            IntrospectionError => "introspection-error",
+            IntrospectionBadAnswer => "introspection-bad-answer",
             Internal(_) => "internal-error",
         }
     }
@@ -106,6 +127,7 @@ impl Failure {
             | TokenSignatureInvalid(_)
             | TokenClaimsInvalid(_) => "OAuth token invalid",
             TokenExpired => "OAuth token expired",
+            TokenInactive | TokenRejected => "OAuth token invalid",
             TokenNotYetValid => "OAuth token not yet valid",
             InsufficientScope => "Insufficient scope",
             NotAcceptable => "Not acceptable",
@@ -122,6 +144,11 @@ impl Failure {
             | CredentialServiceTimeout
             | CredentialServiceError
             | CredentialServiceBadAnswer
+            | JwksUnavailable
+            | IntrospectionUnavailable
+            | IntrospectionTimeout
+            | IntrospectionError
+            | IntrospectionBadAnswer
             | Internal(_) => "Internal server error",
         }
     }
@@ -156,6 +183,13 @@ impl Failure {
             CredentialServiceTimeout => "The credential service did not answer in time.",
             CredentialServiceError => "The credential service answered with an error status.",
             CredentialServiceBadAnswer => "The credential service answered with an unreadable body.",
+            JwksUnavailable => "The keys that sign access tokens have not been loaded yet.",
+            IntrospectionUnavailable => "The token introspection endpoint could not be reached.",
+            IntrospectionTimeout => "The token introspection endpoint did not answer in time.",
+            IntrospectionError => "The token introspection endpoint answered with an error status.",
+            IntrospectionBadAnswer => "The token introspection endpoint answered with an unreadable body.",
+            TokenInactive => "The token is not active.",
+            TokenRejected => "The token was not accepted by the proxy's JWT verification.",
             Internal(d) => d,
         }
     }
@@ -181,7 +215,9 @@ impl Failure {
             | TokenSignatureInvalid(_)
             | TokenExpired
             | TokenNotYetValid
-            | TokenClaimsInvalid(_) => Some("Bearer realm=\"otp\", error=\"invalid_token\""),
+            | TokenClaimsInvalid(_)
+            | TokenInactive
+            | TokenRejected => Some("Bearer realm=\"otp\", error=\"invalid_token\""),
             InsufficientScope => Some(
                 "Bearer realm=\"otp\", error=\"insufficient_scope\", scope=\"user:otp:create\"",
             ),

@@ -4,16 +4,24 @@
 //! Check order (NOTES.md, first failure wins): route and method 405, bearer token 401, scope 403,
 //! Accept 406, Content-Type 415, body size 413, body 422, then the credential service: password
 //! first, then PIN; 404 when neither is valid; finally mint and answer 201.
+//!
+//! With token introspection the token check waits for a callout. The later header checks are
+//! computed at once but reported only after the token passed, and a body that arrives meanwhile is
+//! kept, so the order above holds in every mode.
+
+use serde_json::{Map, Value};
 
 use crate::body::{self, Credentials};
 use crate::config::Config;
 use crate::credential::{self, Callout, SecretKind, Verdict};
 use crate::failure::Failure;
+use crate::introspection::{self, Answer, IntrospectionCache, TokenHash};
 use crate::jsonapi::{self, Reply};
+use crate::jwks::RemoteJwks;
 use crate::negotiation;
 use crate::otp;
 use crate::secret::Secret;
-use crate::token;
+use crate::token::{self, TokenSource};
 
 /// The request headers the flow reads. Absent headers are `None`.
 pub struct RequestHead<'a> {
@@ -22,8 +30,17 @@ pub struct RequestHead<'a> {
     pub accept: Option<&'a str>,
     pub content_type: Option<&'a str>,
     pub content_length: Option<&'a str>,
+    /// In `jwt_authn` mode: the claims Envoy's `jwt_authn` verified, if it accepted a token.
+    pub verified_claims: Option<Map<String, Value>>,
     /// True when the headers end the request (no body follows).
     pub end_of_stream: bool,
+}
+
+/// Per-VM state the token check may use: the fetched JWKS, the introspection cache.
+#[derive(Default)]
+pub struct TokenState<'a> {
+    pub remote_jwks: Option<&'a mut RemoteJwks>,
+    pub introspection_cache: Option<&'a mut IntrospectionCache>,
 }
 
 /// What the adapter must do next.
@@ -31,17 +48,25 @@ pub struct RequestHead<'a> {
 pub enum Step {
     /// Keep the request paused: more body is needed, or a callout is in flight.
     Wait,
-    /// Send this callout to the credential service and wait for its answer.
+    /// Send this callout (to the credential service or the introspection endpoint) and wait.
     Call(Callout),
     /// Answer the client and end the exchange. `outcome` is the error code or `"issued"`.
     Reply { reply: Reply, outcome: &'static str },
 }
 
 enum Stage {
+    Introspecting { token: TokenHash },
     AwaitingBody,
     CheckingPassword { pin: Option<Secret> },
     CheckingPin,
     Finished,
+}
+
+/// A body that arrived while the token was still being introspected.
+enum EarlyBody {
+    None,
+    TooLarge,
+    Complete(Secret),
 }
 
 /// One request to the OTP route, from its headers to the reply.
@@ -49,6 +74,9 @@ pub struct Exchange {
     request_id: String,
     user_id: String,
     stage: Stage,
+    /// The first failing check after the token (Accept, Content-Type, declared length).
+    after_token: Option<Failure>,
+    early_body: EarlyBody,
 }
 
 /// True when the path (ignoring any query string) is one the filter serves.
@@ -57,10 +85,29 @@ pub fn serves_path(config: &Config, path: &str) -> bool {
     config.routes.iter().any(|route| route == path)
 }
 
+/// Accept, Content-Type and the declared length, in that order.
+fn check_representation(config: &Config, head: &RequestHead) -> Option<Failure> {
+    if !negotiation::accept_is_acceptable(head.accept) {
+        return Some(Failure::NotAcceptable);
+    }
+    if !negotiation::content_type_is_supported(head.content_type) {
+        return Some(Failure::UnsupportedMediaType);
+    }
+    // A declared length over the limit is refused before a byte of body is buffered.
+    let declared = head
+        .content_length
+        .and_then(|l| l.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > config.max_body_bytes as u64) {
+        return Some(Failure::PayloadTooLarge);
+    }
+    None
+}
+
 impl Exchange {
     /// Starts the exchange at the request headers. `request_id` is the one the reply will carry.
     pub fn start(
         config: &Config,
+        state: TokenState,
         head: &RequestHead,
         request_id: String,
         now_ms: u64,
@@ -69,11 +116,18 @@ impl Exchange {
             request_id,
             user_id: String::new(),
             stage: Stage::AwaitingBody,
+            after_token: None,
+            early_body: EarlyBody::None,
         };
-        let step = match exchange.check_headers(config, head, now_ms) {
+        if head.method != "POST" {
+            let step = exchange.fail(Failure::MethodNotAllowed);
+            return (exchange, step);
+        }
+        exchange.after_token = check_representation(config, head);
+        let step = match exchange.check_token(config, state, head, now_ms) {
             Err(failure) => exchange.fail(failure),
-            Ok(()) if head.end_of_stream => exchange.on_body(config, 0, true, || Ok(Vec::new())),
-            Ok(()) => Step::Wait,
+            Ok(Some(call)) => Step::Call(call),
+            Ok(None) => exchange.token_passed(config, head.end_of_stream),
         };
         (exchange, step)
     }
@@ -82,31 +136,67 @@ impl Exchange {
         &self.request_id
     }
 
-    fn check_headers(
+    /// Verifies the token now, or returns the introspection callout that will.
+    fn check_token(
         &mut self,
         config: &Config,
+        state: TokenState,
         head: &RequestHead,
         now_ms: u64,
-    ) -> Result<(), Failure> {
-        if head.method != "POST" {
-            return Err(Failure::MethodNotAllowed);
+    ) -> Result<Option<Callout>, Failure> {
+        let settings = &config.token;
+        let now_secs = now_ms / 1000;
+        match &settings.source {
+            TokenSource::Jwt => {
+                let bearer = token::bearer_token(head.authorization)?;
+                self.user_id =
+                    token::verify(settings, state.remote_jwks, bearer, now_secs)?.user_id;
+                Ok(None)
+            }
+            TokenSource::JwtAuthn { .. } => match (&head.verified_claims, head.authorization) {
+                (Some(claims), _) => {
+                    self.user_id = token::check_verified_claims(settings, claims)?.user_id;
+                    Ok(None)
+                }
+                // jwt_authn saw a token and did not vouch for it.
+                (None, Some(_)) => Err(Failure::TokenRejected),
+                (None, None) => Err(Failure::TokenMissing),
+            },
+            TokenSource::Introspection(introspection_settings) => {
+                let bearer = token::bearer_token(head.authorization)?;
+                let hash = introspection::token_hash(bearer);
+                let cached = state
+                    .introspection_cache
+                    .and_then(|cache| cache.get(&hash, now_ms));
+                if let Some(claims) = cached {
+                    self.user_id = token::check_claims(settings, &claims, now_secs)?.user_id;
+                    return Ok(None);
+                }
+                self.stage = Stage::Introspecting { token: hash };
+                if head.end_of_stream {
+                    self.early_body = EarlyBody::Complete(Secret::from_bytes(Vec::new()));
+                }
+                Ok(Some(introspection::callout(
+                    introspection_settings,
+                    bearer,
+                    &self.request_id,
+                )))
+            }
         }
-        let bearer = token::bearer_token(head.authorization)?;
-        self.user_id = token::verify(&config.token, bearer, now_ms / 1000)?.user_id;
-        if !negotiation::accept_is_acceptable(head.accept) {
-            return Err(Failure::NotAcceptable);
+    }
+
+    /// The token is good: report the first later header failure, or go on to the body.
+    fn token_passed(&mut self, config: &Config, end_of_stream: bool) -> Step {
+        if let Some(failure) = self.after_token.take() {
+            return self.fail(failure);
         }
-        if !negotiation::content_type_is_supported(head.content_type) {
-            return Err(Failure::UnsupportedMediaType);
+        self.stage = Stage::AwaitingBody;
+        match std::mem::replace(&mut self.early_body, EarlyBody::None) {
+            EarlyBody::TooLarge => self.fail(Failure::PayloadTooLarge),
+            EarlyBody::Complete(body) => self.read_credentials(config, body.expose()),
+            EarlyBody::None if end_of_stream => self.read_credentials(config, b""),
+            EarlyBody::None => Step::Wait,
         }
-        // A declared length over the limit is refused before a byte of body is buffered.
-        let declared = head
-            .content_length
-            .and_then(|l| l.trim().parse::<u64>().ok());
-        if declared.is_some_and(|len| len > config.max_body_bytes as u64) {
-            return Err(Failure::PayloadTooLarge);
-        }
-        Ok(())
     }
 
     /// Body progress. `buffered` is the size Envoy holds so far; `read` fetches it once complete.
@@ -117,10 +207,16 @@ impl Exchange {
         end_of_stream: bool,
         read: impl FnOnce() -> Result<Vec<u8>, ()>,
     ) -> Step {
-        if !matches!(self.stage, Stage::AwaitingBody) {
+        let introspecting = matches!(self.stage, Stage::Introspecting { .. });
+        if !introspecting && !matches!(self.stage, Stage::AwaitingBody) {
             return Step::Wait;
         }
         if buffered > config.max_body_bytes {
+            if introspecting {
+                // 413 comes after the token checks: keep the verdict until the token is known.
+                self.early_body = EarlyBody::TooLarge;
+                return Step::Wait;
+            }
             return self.fail(Failure::PayloadTooLarge);
         }
         if !end_of_stream {
@@ -129,7 +225,15 @@ impl Exchange {
         let Ok(bytes) = read() else {
             return self.fail(Failure::Internal("The request body could not be read."));
         };
-        match body::parse(&bytes) {
+        if introspecting {
+            self.early_body = EarlyBody::Complete(Secret::from_bytes(bytes));
+            return Step::Wait;
+        }
+        self.read_credentials(config, &bytes)
+    }
+
+    fn read_credentials(&mut self, config: &Config, bytes: &[u8]) -> Step {
+        match body::parse(bytes) {
             Err(failure) => self.fail(failure),
             Ok(Credentials {
                 password: Some(password),
@@ -151,16 +255,20 @@ impl Exchange {
         }
     }
 
-    /// The credential service answered (or Envoy answered for it).
+    /// A callout answered (or Envoy answered for it): introspection or the credential service.
     pub fn on_answer(
         &mut self,
         config: &Config,
+        cache: Option<&mut IntrospectionCache>,
         status: Option<u16>,
         body: &[u8],
         now_ms: u64,
     ) -> Step {
         let stage = std::mem::replace(&mut self.stage, Stage::Finished);
         let pending_pin = match stage {
+            Stage::Introspecting { token } => {
+                return self.on_introspection(config, cache, token, status, body, now_ms)
+            }
             Stage::CheckingPassword { pin } => pin,
             Stage::CheckingPin => None,
             Stage::AwaitingBody | Stage::Finished => {
@@ -187,6 +295,33 @@ impl Exchange {
             }) => self.fail(Failure::Locked {
                 retry_after_seconds,
             }),
+        }
+    }
+
+    fn on_introspection(
+        &mut self,
+        config: &Config,
+        cache: Option<&mut IntrospectionCache>,
+        token: TokenHash,
+        status: Option<u16>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Step {
+        let claims = match introspection::read_answer(status, body) {
+            Err(failure) => return self.fail(failure),
+            Ok(Answer::Inactive) => return self.fail(Failure::TokenInactive),
+            Ok(Answer::Active(claims)) => claims,
+        };
+        match token::check_claims(&config.token, &claims, now_ms / 1000) {
+            Err(failure) => self.fail(failure),
+            Ok(verified) => {
+                if let Some(cache) = cache {
+                    cache.insert(token, claims, now_ms);
+                }
+                self.user_id = verified.user_id;
+                // Whether the body already ended is in `early_body`; a body still to come arrives later.
+                self.token_passed(config, false)
+            }
         }
     }
 
@@ -263,9 +398,16 @@ mod tests {
             accept: req.accept,
             content_type: req.content_type,
             content_length: req.content_length,
+            verified_claims: None,
             end_of_stream,
         };
-        Exchange::start(&testkit::config(), &head, ID.to_string(), NOW_MS)
+        Exchange::start(
+            &testkit::config(),
+            TokenState::default(),
+            &head,
+            ID.to_string(),
+            NOW_MS,
+        )
     }
 
     /// The status and error code of a reply step.
@@ -428,12 +570,12 @@ mod tests {
             callout_body(&step),
             json!({"user": "demo-user", "kind": "password", "secret": "wrong"})
         );
-        let step = exchange.on_answer(&c, Some(200), br#"{"result":"invalid"}"#, NOW_MS);
+        let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"invalid"}"#, NOW_MS);
         assert_eq!(
             callout_body(&step),
             json!({"user": "demo-user", "kind": "pin", "secret": "8299"})
         );
-        let step = exchange.on_answer(&c, Some(200), br#"{"result":"valid"}"#, NOW_MS);
+        let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"valid"}"#, NOW_MS);
         assert_eq!(answer(&step), (201, "issued".into()));
         let Step::Reply { reply, .. } = step else {
             unreachable!()
@@ -454,7 +596,7 @@ mod tests {
     fn a_valid_password_skips_the_pin() {
         let c = testkit::config();
         let (mut exchange, _) = with_body(r#"{"password":"right","pin":"0000"}"#);
-        let step = exchange.on_answer(&c, Some(200), br#"{"result":"valid"}"#, NOW_MS);
+        let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"valid"}"#, NOW_MS);
         assert_eq!(answer(&step).0, 201);
     }
 
@@ -485,11 +627,11 @@ mod tests {
         for (answer_body, status, code) in cases {
             // Password and PIN given: every verdict but "invalid" ends the exchange at once.
             let (mut exchange, _) = with_body(r#"{"pin":"8299"}"#);
-            let step = exchange.on_answer(&c, Some(200), answer_body, NOW_MS);
+            let step = exchange.on_answer(&c, None, Some(200), answer_body, NOW_MS);
             assert_eq!(answer(&step), (status, code.to_string()));
         }
         let (mut exchange, _) = with_body(r#"{"password":"x","pin":"8299"}"#);
-        let step = exchange.on_answer(&c, Some(200), br#"{"result":"unknown-user"}"#, NOW_MS);
+        let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"unknown-user"}"#, NOW_MS);
         assert_eq!(
             answer(&step),
             (404, "user-not-found".into()),
@@ -502,10 +644,10 @@ mod tests {
             (Some(500), "credential-service-error"),
         ] {
             let (mut exchange, _) = with_body(r#"{"password":"x","pin":"8299"}"#);
-            let step = exchange.on_answer(&c, status, b"", NOW_MS);
+            let step = exchange.on_answer(&c, None, status, b"", NOW_MS);
             assert_eq!(answer(&step), (500, code.to_string()));
             // Fail closed: a second (stray) answer cannot mint either.
-            let step = exchange.on_answer(&c, Some(200), br#"{"result":"valid"}"#, NOW_MS);
+            let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"valid"}"#, NOW_MS);
             assert_eq!(answer(&step), (500, "internal-error".into()));
         }
     }
@@ -525,8 +667,8 @@ mod tests {
         let token = testkit::rs256(&claims());
         let (mut exchange, _) = with_body(r#"{"password":"hunter2-secret","pin":"8299"}"#);
         let mut replies = Vec::new();
-        let step = exchange.on_answer(&c, Some(200), br#"{"result":"invalid"}"#, NOW_MS);
-        replies.push(exchange.on_answer(&c, Some(200), br#"{"result":"invalid"}"#, NOW_MS));
+        let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"invalid"}"#, NOW_MS);
+        replies.push(exchange.on_answer(&c, None, Some(200), br#"{"result":"invalid"}"#, NOW_MS));
         drop(step);
         let (_, step) = with_body(r#"{"pin":8299,"password":"hunter2-secret"}"#);
         replies.push(step);

@@ -1,45 +1,128 @@
-//! The keys that may sign access tokens, built from an inline JWKS (and an optional HS256 secret).
+//! The keys that may sign access tokens: JWKS keys (inline or fetched) and configured HMAC secrets.
 //!
-//! RFC 8725: each key is pinned to exactly one algorithm, so a token cannot pick how it is checked.
-//! RSA keys verify RS256 only, P-256 keys ES256 only, and the HMAC secret HS256 only; a public key
-//! can never become an HMAC secret because HS256 keys come from a separate, explicit setting.
+//! RFC 8725: each key is pinned to exactly one algorithm, so a token cannot choose how it is checked.
+//! RSA keys verify one of RS256/RS384/RS512/PS256 (the JWK's `alg`, RS256 when absent), P-256 keys
+//! ES256, P-384 keys ES384, Ed25519 keys EdDSA. HMAC secrets come only from the filter's own config,
+//! never from a JWKS, so a public key can never become an HMAC secret.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use p256::ecdsa::VerifyingKey as EcKey;
+use hmac::{Mac, SimpleHmac};
+use rsa::signature::Verifier;
 use rsa::{BigUint, RsaPublicKey};
 use serde_json::Value;
-use sha2::Sha256;
+use sha2::{Sha256, Sha384, Sha512};
 
 use crate::secret::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
     Rs256,
+    Rs384,
+    Rs512,
+    Ps256,
     Es256,
+    Es384,
+    EdDsa,
     Hs256,
+    Hs384,
+    Hs512,
 }
 
 impl Algorithm {
-    pub fn name(self) -> &'static str {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "RS256" => Self::Rs256,
+            "RS384" => Self::Rs384,
+            "RS512" => Self::Rs512,
+            "PS256" => Self::Ps256,
+            "ES256" => Self::Es256,
+            "ES384" => Self::Es384,
+            "EdDSA" => Self::EdDsa,
+            "HS256" => Self::Hs256,
+            "HS384" => Self::Hs384,
+            "HS512" => Self::Hs512,
+            _ => return None,
+        })
+    }
+
+    /// RFC 7518 §3.2: an HMAC key at least as long as the hash output.
+    pub fn min_hmac_key_bytes(self) -> Option<usize> {
         match self {
-            Algorithm::Rs256 => "RS256",
-            Algorithm::Es256 => "ES256",
-            Algorithm::Hs256 => "HS256",
+            Self::Hs256 => Some(32),
+            Self::Hs384 => Some(48),
+            Self::Hs512 => Some(64),
+            _ => None,
         }
     }
 }
 
-pub enum KeyMaterial {
-    Rsa(rsa::pkcs1v15::VerifyingKey<Sha256>),
-    Ec(EcKey),
+/// A verifier per algorithm, built once when the key is loaded.
+enum Verifying {
+    Rs256(rsa::pkcs1v15::VerifyingKey<Sha256>),
+    Rs384(rsa::pkcs1v15::VerifyingKey<Sha384>),
+    Rs512(rsa::pkcs1v15::VerifyingKey<Sha512>),
+    Ps256(rsa::pss::VerifyingKey<Sha256>),
+    Es256(p256::ecdsa::VerifyingKey),
+    Es384(p384::ecdsa::VerifyingKey),
+    EdDsa(ed25519_dalek::VerifyingKey),
     Hmac(Secret),
 }
 
 pub struct Key {
     pub kid: String,
     pub algorithm: Algorithm,
-    pub material: KeyMaterial,
+    verifying: Verifying,
+}
+
+impl Key {
+    /// An HMAC key from configuration. `algorithm` must be HS256/384/512.
+    pub fn hmac(kid: String, algorithm: Algorithm, secret: Secret) -> Key {
+        Key {
+            kid,
+            algorithm,
+            verifying: Verifying::Hmac(secret),
+        }
+    }
+
+    /// Checks `signature` over `message` with this key's (pinned) algorithm.
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        fn rsa<V: Verifier<S>, S: for<'a> TryFrom<&'a [u8]>>(
+            key: &V,
+            msg: &[u8],
+            sig: &[u8],
+        ) -> bool {
+            S::try_from(sig).is_ok_and(|sig| key.verify(msg, &sig).is_ok())
+        }
+        fn hmac<M: Mac + hmac::digest::KeyInit>(secret: &Secret, msg: &[u8], sig: &[u8]) -> bool {
+            <M as Mac>::new_from_slice(secret.expose()).is_ok_and(|mut mac| {
+                mac.update(msg);
+                mac.verify_slice(sig).is_ok() // constant time
+            })
+        }
+        match (&self.verifying, self.algorithm) {
+            (Verifying::Rs256(k), _) => rsa::<_, rsa::pkcs1v15::Signature>(k, message, signature),
+            (Verifying::Rs384(k), _) => rsa::<_, rsa::pkcs1v15::Signature>(k, message, signature),
+            (Verifying::Rs512(k), _) => rsa::<_, rsa::pkcs1v15::Signature>(k, message, signature),
+            (Verifying::Ps256(k), _) => rsa::<_, rsa::pss::Signature>(k, message, signature),
+            (Verifying::Es256(k), _) => p256::ecdsa::Signature::from_slice(signature)
+                .is_ok_and(|sig| k.verify(message, &sig).is_ok()),
+            (Verifying::Es384(k), _) => p384::ecdsa::Signature::from_slice(signature)
+                .is_ok_and(|sig| k.verify(message, &sig).is_ok()),
+            (Verifying::EdDsa(k), _) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|sig| k.verify_strict(message, &sig).is_ok()),
+            (Verifying::Hmac(s), Algorithm::Hs256) => {
+                hmac::<SimpleHmac<Sha256>>(s, message, signature)
+            }
+            (Verifying::Hmac(s), Algorithm::Hs384) => {
+                hmac::<SimpleHmac<Sha384>>(s, message, signature)
+            }
+            (Verifying::Hmac(s), Algorithm::Hs512) => {
+                hmac::<SimpleHmac<Sha512>>(s, message, signature)
+            }
+            (Verifying::Hmac(_), _) => false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -51,7 +134,8 @@ pub struct KeySet {
 const MIN_RSA_BITS: usize = 2048;
 
 impl KeySet {
-    /// Parses `{"keys": [...]}`. Every problem is reported, prefixed with `at` (the config path).
+    /// Parses `{"keys": [...]}`. Every problem is reported, prefixed with `at` (where the JWKS is).
+    /// Keys that fail are left out; the rest are kept.
     pub fn from_jwks(jwks: &Value, at: &str, problems: &mut Vec<String>) -> KeySet {
         let mut set = KeySet::default();
         let Some(keys) = jwks.get("keys").and_then(Value::as_array) else {
@@ -84,6 +168,10 @@ impl KeySet {
         self.keys.is_empty()
     }
 
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.kid.as_str())
+    }
+
     /// With a `kid`, the key of that id; without one, the only key for that algorithm, if exactly one.
     pub fn find(&self, kid: Option<&str>, algorithm: Algorithm) -> Option<&Key> {
         match kid {
@@ -107,6 +195,12 @@ fn b64_field(jwk: &Value, name: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("\"{name}\" is not unpadded base64url"))
 }
 
+fn fixed<const N: usize>(jwk: &Value, name: &str) -> Result<[u8; N], String> {
+    b64_field(jwk, name)?
+        .try_into()
+        .map_err(|_| format!("\"{name}\" must be {N} bytes"))
+}
+
 fn parse_jwk(jwk: &Value) -> Result<Key, String> {
     let kid = jwk
         .get("kid")
@@ -119,48 +213,73 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
             return Err("\"use\" must be \"sig\" when present".into());
         }
     }
-    let alg = jwk.get("alg").map(|a| a.as_str().unwrap_or("?"));
+    let alg = match jwk.get("alg") {
+        None => None,
+        Some(a) => Some(a.as_str().ok_or("\"alg\" must be a string")?),
+    };
     let kty = jwk.get("kty").and_then(Value::as_str).unwrap_or("");
-    match (kty, alg) {
-        ("RSA", None | Some("RS256")) => {
+    let crv = jwk.get("crv").and_then(Value::as_str);
+    let unsupported = |alg: &str| format!("\"alg\" \"{alg}\" is not supported for this key type");
+    let (algorithm, verifying) = match kty {
+        "RSA" => {
             let n = BigUint::from_bytes_be(&b64_field(jwk, "n")?);
             let e = BigUint::from_bytes_be(&b64_field(jwk, "e")?);
             if n.bits() < MIN_RSA_BITS {
-                return Err(format!("RSA modulus is {} bits, at least {MIN_RSA_BITS} required", n.bits()));
+                return Err(format!(
+                    "RSA modulus is {} bits, at least {MIN_RSA_BITS} required",
+                    n.bits()
+                ));
             }
             let public = RsaPublicKey::new(n, e).map_err(|e| format!("bad RSA key: {e}"))?;
-            Ok(Key {
-                kid,
-                algorithm: Algorithm::Rs256,
-                material: KeyMaterial::Rsa(rsa::pkcs1v15::VerifyingKey::new(public)),
-            })
-        }
-        ("EC", None | Some("ES256")) => {
-            if jwk.get("crv").and_then(Value::as_str) != Some("P-256") {
-                return Err("EC keys must have \"crv\": \"P-256\"".into());
+            match alg.unwrap_or("RS256") {
+                "RS256" => (Algorithm::Rs256, Verifying::Rs256(rsa::pkcs1v15::VerifyingKey::new(public))),
+                "RS384" => (Algorithm::Rs384, Verifying::Rs384(rsa::pkcs1v15::VerifyingKey::new(public))),
+                "RS512" => (Algorithm::Rs512, Verifying::Rs512(rsa::pkcs1v15::VerifyingKey::new(public))),
+                "PS256" => (Algorithm::Ps256, Verifying::Ps256(rsa::pss::VerifyingKey::new(public))),
+                other => return Err(unsupported(other)),
             }
-            let coordinate = |name| -> Result<p256::FieldBytes, String> {
-                let bytes: [u8; 32] = b64_field(jwk, name)?
-                    .try_into()
-                    .map_err(|_| format!("P-256 \"{name}\" must be 32 bytes"))?;
-                Ok(bytes.into())
-            };
-            let (x, y) = (coordinate("x")?, coordinate("y")?);
-            let point = p256::EncodedPoint::from_affine_coordinates(&x, &y, false);
-            let key = EcKey::from_encoded_point(&point).map_err(|_| "EC point is not on P-256")?;
-            Ok(Key {
-                kid,
-                algorithm: Algorithm::Es256,
-                material: KeyMaterial::Ec(key),
-            })
         }
-        ("RSA" | "EC", Some(other)) => Err(format!(
-            "\"alg\" \"{other}\" is not supported for kty {kty} (RS256 and ES256 are)"
-        )),
-        ("oct", _) => Err(
-            "symmetric keys do not belong in the JWKS; use token.hs256 with a secret from the environment"
-                .into(),
-        ),
-        _ => Err("\"kty\" must be \"RSA\" or \"EC\"".into()),
-    }
+        "EC" => match (crv, alg) {
+            (Some("P-256"), None | Some("ES256")) => {
+                let (x, y) = (fixed::<32>(jwk, "x")?, fixed::<32>(jwk, "y")?);
+                let point = p256::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
+                let key = p256::ecdsa::VerifyingKey::from_encoded_point(&point)
+                    .map_err(|_| "EC point is not on P-256")?;
+                (Algorithm::Es256, Verifying::Es256(key))
+            }
+            (Some("P-384"), None | Some("ES384")) => {
+                let (x, y) = (fixed::<48>(jwk, "x")?, fixed::<48>(jwk, "y")?);
+                let point = p384::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
+                let key = p384::ecdsa::VerifyingKey::from_encoded_point(&point)
+                    .map_err(|_| "EC point is not on P-384")?;
+                (Algorithm::Es384, Verifying::Es384(key))
+            }
+            (Some("P-256" | "P-384"), Some(other)) => return Err(unsupported(other)),
+            _ => return Err("EC keys must have \"crv\" \"P-256\" or \"P-384\"".into()),
+        },
+        "OKP" => match (crv, alg) {
+            (Some("Ed25519"), None | Some("EdDSA")) => {
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&fixed::<32>(jwk, "x")?)
+                    .map_err(|_| "\"x\" is not an Ed25519 public key")?;
+                if key.is_weak() {
+                    return Err("\"x\" is a weak (small-order) Ed25519 key".into());
+                }
+                (Algorithm::EdDsa, Verifying::EdDsa(key))
+            }
+            (Some("Ed25519"), Some(other)) => return Err(unsupported(other)),
+            _ => return Err("OKP keys must have \"crv\" \"Ed25519\"".into()),
+        },
+        "oct" => {
+            return Err(
+                "symmetric keys do not belong in a JWKS; use token.hmac_keys with a secret from the environment"
+                    .into(),
+            )
+        }
+        _ => return Err("\"kty\" must be \"RSA\", \"EC\" or \"OKP\"".into()),
+    };
+    Ok(Key {
+        kid,
+        algorithm,
+        verifying,
+    })
 }

@@ -3,13 +3,12 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Mac, SimpleHmac};
-use rsa::signature::Verifier;
 use serde_json::{Map, Value};
-use sha2::Sha256;
 
 use crate::failure::Failure;
-use crate::jwk::{Algorithm, KeyMaterial, KeySet};
+use crate::introspection::IntrospectionSettings;
+use crate::jwk::{Algorithm, Key, KeySet};
+use crate::jwks::{RemoteJwks, RemoteJwksSettings};
 
 /// Tokens above this size are refused before any decoding (Keycloak tokens are 1–3 KiB).
 pub const MAX_TOKEN_BYTES: usize = 8192;
@@ -17,10 +16,50 @@ pub const MAX_TOKEN_BYTES: usize = 8192;
 pub struct TokenSettings {
     pub issuer: String,
     pub audiences: Vec<String>,
+    /// When non-empty, an `azp` in this list is accepted in place of a matching `aud`.
+    pub authorized_parties: Vec<String>,
     pub required_scope: String,
     pub leeway_seconds: u64,
     pub user_id_claim: String,
+    pub linked_identity: Option<LinkedIdentityRule>,
+    /// Keys from the config: the inline JWKS and HMAC secrets.
     pub keys: KeySet,
+    pub remote_jwks: Option<RemoteJwksSettings>,
+    pub source: TokenSource,
+}
+
+/// Who verifies the bearer token.
+pub enum TokenSource {
+    /// The filter verifies the JWS itself, with `keys` and `remote_jwks`.
+    Jwt,
+    /// Envoy's `jwt_authn` filter verified it (signature, `exp`, `iss`, `aud` per its provider) and
+    /// left the payload in dynamic metadata under this key (`payload_in_metadata`).
+    JwtAuthn { payload_key: String },
+    /// An RFC 7662 introspection endpoint decides.
+    Introspection(IntrospectionSettings),
+}
+
+/// A claim that says the user has a linked identity. Without `equals`, the claim must be present
+/// and not `null`, `false`, `""`, `[]` or `{}`.
+pub struct LinkedIdentityRule {
+    pub claim: String,
+    pub equals: Option<Value>,
+}
+
+impl LinkedIdentityRule {
+    fn holds(&self, claims: &Map<String, Value>) -> bool {
+        match (claims.get(&self.claim), &self.equals) {
+            (None, _) => false,
+            (Some(value), Some(expected)) => value == expected,
+            (Some(value), None) => match value {
+                Value::Null | Value::Bool(false) => false,
+                Value::String(s) => !s.is_empty(),
+                Value::Array(a) => !a.is_empty(),
+                Value::Object(o) => !o.is_empty(),
+                _ => true,
+            },
+        }
+    }
 }
 
 /// What the rest of the flow needs from a verified token.
@@ -71,8 +110,52 @@ fn decode_json_object(part: &str, what: &'static str) -> Result<Map<String, Valu
     }
 }
 
-/// Checks signature, time, issuer, audience, user id and scope, in that order.
-pub fn verify(settings: &TokenSettings, token: &str, now_secs: u64) -> Result<Verified, Failure> {
+/// Finds the key for a token: configured keys first, then the fetched set.
+fn find_key<'a>(
+    keys: &'a KeySet,
+    remote: Option<&'a mut RemoteJwks>,
+    kid: Option<&str>,
+    algorithm: Algorithm,
+) -> Result<&'a Key, Failure> {
+    if let Some(key) = keys.find(kid, algorithm) {
+        return Ok(key);
+    }
+    let Some(remote) = remote else {
+        return Err(Failure::TokenKeyUnknown);
+    };
+    match remote.keys().map(|set| set.find(kid, algorithm).is_some()) {
+        // Fail closed until a first key set has been loaded.
+        None => return Err(Failure::JwksUnavailable),
+        Some(false) => {
+            remote.want_refetch();
+            return Err(Failure::TokenKeyUnknown);
+        }
+        Some(true) => {}
+    }
+    let remote: &'a RemoteJwks = remote;
+    remote
+        .keys()
+        .and_then(|set| set.find(kid, algorithm))
+        .ok_or(Failure::TokenKeyUnknown)
+}
+
+/// Checks the signature, then the claims (time, issuer, audience, user, linked identity, scope).
+pub fn verify(
+    settings: &TokenSettings,
+    remote: Option<&mut RemoteJwks>,
+    token: &str,
+    now_secs: u64,
+) -> Result<Verified, Failure> {
+    let claims = verify_signature(&settings.keys, remote, token)?;
+    check_claims(settings, &claims, now_secs)
+}
+
+/// Verifies the JWS and returns its (now trusted) claims.
+pub fn verify_signature(
+    keys: &KeySet,
+    remote: Option<&mut RemoteJwks>,
+    token: &str,
+) -> Result<Map<String, Value>, Failure> {
     let mut parts = token.split('.');
     let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -88,25 +171,19 @@ pub fn verify(settings: &TokenSettings, token: &str, now_secs: u64) -> Result<Ve
             "The token uses critical header extensions.",
         ));
     }
-    let algorithm = match header.get("alg").and_then(Value::as_str) {
-        Some("RS256") => Algorithm::Rs256,
-        Some("ES256") => Algorithm::Es256,
-        Some("HS256") => Algorithm::Hs256,
-        _ => {
-            return Err(Failure::TokenSignatureInvalid(
-                "The token's algorithm is not accepted.",
-            ))
-        }
-    };
+    let algorithm = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(Algorithm::parse)
+        .ok_or(Failure::TokenSignatureInvalid(
+            "The token's algorithm is not accepted.",
+        ))?;
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(kid)) => Some(kid.as_str()),
         Some(_) => return Err(Failure::TokenMalformed("The token's kid is not a string.")),
     };
-    let key = settings
-        .keys
-        .find(kid, algorithm)
-        .ok_or(Failure::TokenKeyUnknown)?;
+    let key = find_key(keys, remote, kid, algorithm)?;
     if key.algorithm != algorithm {
         return Err(Failure::TokenSignatureInvalid(
             "The token's algorithm does not match its key.",
@@ -122,25 +199,13 @@ pub fn verify(settings: &TokenSettings, token: &str, now_secs: u64) -> Result<Ve
             "The token is not a signed JWT (three parts).",
         ))?
         .as_bytes();
-    let bad_signature = Failure::TokenSignatureInvalid("The token signature does not verify.");
-    let valid = match &key.material {
-        KeyMaterial::Rsa(public) => rsa::pkcs1v15::Signature::try_from(signature.as_slice())
-            .is_ok_and(|sig| public.verify(signed, &sig).is_ok()),
-        KeyMaterial::Ec(public) => p256::ecdsa::Signature::from_slice(&signature)
-            .is_ok_and(|sig| public.verify(signed, &sig).is_ok()),
-        KeyMaterial::Hmac(secret) => <SimpleHmac<Sha256> as Mac>::new_from_slice(secret.expose())
-            .is_ok_and(|mut mac| {
-                mac.update(signed);
-                mac.verify_slice(&signature).is_ok()
-            }),
-    };
-    if !valid {
-        return Err(bad_signature);
+    if !key.verifies(signed, &signature) {
+        return Err(Failure::TokenSignatureInvalid(
+            "The token signature does not verify.",
+        ));
     }
-
     // Only now is the payload trusted enough to read.
-    let claims = decode_json_object(claims_b64, "The token payload is not base64url JSON.")?;
-    check_claims(settings, &claims, now_secs)
+    decode_json_object(claims_b64, "The token payload is not base64url JSON.")
 }
 
 fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, Failure> {
@@ -154,7 +219,8 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
     }
 }
 
-fn check_claims(
+/// Checks verified claims, from whichever source verified them (JWS, jwt_authn, introspection).
+pub fn check_claims(
     settings: &TokenSettings,
     claims: &Map<String, Value>,
     now_secs: u64,
@@ -189,7 +255,10 @@ fn check_claims(
             .filter_map(Value::as_str)
             .any(|aud| settings.audiences.iter().any(|a| a == aud)),
         _ => false,
-    };
+    } || claims
+        .get("azp")
+        .and_then(Value::as_str)
+        .is_some_and(|azp| settings.authorized_parties.iter().any(|p| p == azp));
     if !audience_ok {
         return Err(Failure::TokenClaimsInvalid(
             "The token is meant for another audience.",
@@ -202,12 +271,46 @@ fn check_claims(
         .ok_or(Failure::TokenClaimsInvalid(
             "The token does not name a user.",
         ))?;
+    if let Some(rule) = &settings.linked_identity {
+        if !rule.holds(claims) {
+            return Err(Failure::MissingLinkedIdentity);
+        }
+    }
     if !has_scope(claims, &settings.required_scope) {
         return Err(Failure::InsufficientScope);
     }
     Ok(Verified {
         user_id: user_id.to_string(),
     })
+}
+
+/// Claims already verified by Envoy's `jwt_authn` (signature, time, issuer, audience): only what the
+/// filter adds is checked here — user, linked identity, scope.
+pub fn check_verified_claims(
+    settings: &TokenSettings,
+    claims: &Map<String, Value>,
+) -> Result<Verified, Failure> {
+    let user_id = user_id(settings, claims)?;
+    if let Some(rule) = &settings.linked_identity {
+        if !rule.holds(claims) {
+            return Err(Failure::MissingLinkedIdentity);
+        }
+    }
+    if !has_scope(claims, &settings.required_scope) {
+        return Err(Failure::InsufficientScope);
+    }
+    Ok(Verified { user_id })
+}
+
+fn user_id(settings: &TokenSettings, claims: &Map<String, Value>) -> Result<String, Failure> {
+    claims
+        .get(&settings.user_id_claim)
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control))
+        .map(str::to_string)
+        .ok_or(Failure::TokenClaimsInvalid(
+            "The token does not name a user.",
+        ))
 }
 
 /// OAuth `scope` is a space-separated string (RFC 8693 §4.2); some issuers send `scp` as an array.
@@ -235,7 +338,7 @@ mod tests {
     use serde_json::json;
 
     fn check(token: &str) -> Result<Verified, Failure> {
-        verify(&testkit::config().token, token, NOW)
+        verify(&testkit::config().token, None, token, NOW)
     }
 
     fn with(changes: Value) -> Value {
@@ -283,6 +386,80 @@ mod tests {
         // Without a kid, the only key of the token's algorithm is used.
         let no_kid = testkit::sign(&json!({"alg": "ES256"}), &claims());
         assert_eq!(check(&no_kid), ok);
+    }
+
+    #[test]
+    fn every_algorithm_verifies_with_its_own_key_only() {
+        for (alg, _, kid) in testkit::ALGORITHMS {
+            let token = testkit::sign(&json!({"alg": alg, "kid": kid}), &claims());
+            assert_eq!(
+                check(&token).map(|v| v.user_id),
+                Ok("demo-user".into()),
+                "{alg}"
+            );
+            // One bit of the signature flipped.
+            let (signed, sig) = token.rsplit_once('.').unwrap();
+            let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+            sig[5] ^= 0x01;
+            let forged = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig));
+            assert!(
+                matches!(check(&forged), Err(Failure::TokenSignatureInvalid(_))),
+                "{alg}"
+            );
+            if alg.starts_with("RS") {
+                // Signed by another RSA key under this key's id.
+                let other =
+                    testkit::sign_with(&json!({"alg": alg, "kid": kid}), &claims(), "rs256-next");
+                assert!(
+                    matches!(check(&other), Err(Failure::TokenSignatureInvalid(_))),
+                    "{alg}"
+                );
+            }
+            // Pinned: the key refuses any other algorithm, even one of its family.
+            let swapped = if alg == "RS256" { "RS512" } else { "RS256" };
+            let confused = testkit::sign(&json!({"alg": swapped, "kid": kid}), &claims());
+            assert!(
+                matches!(check(&confused), Err(Failure::TokenSignatureInvalid(_))),
+                "{alg} as {swapped}"
+            );
+        }
+    }
+
+    #[test]
+    fn remote_keys_are_used_and_unknown_kids_ask_for_a_refetch() {
+        use crate::jwks::{RemoteJwks, RemoteJwksSettings};
+        use std::time::Duration;
+        let mut settings = testkit::config();
+        settings.token.keys = KeySet::default();
+        let mut remote = RemoteJwks::new(RemoteJwksSettings {
+            cluster: "c".into(),
+            authority: "a".into(),
+            path: "/jwks".into(),
+            timeout: Duration::from_secs(1),
+            refresh: Duration::from_secs(300),
+            min_refetch: Duration::from_secs(30),
+        });
+        let token = testkit::rs256(&claims());
+        let result = verify(&settings.token, Some(&mut remote), &token, NOW);
+        assert_eq!(
+            result,
+            Err(Failure::JwksUnavailable),
+            "fail closed before the first load"
+        );
+        remote.due(0);
+        remote
+            .on_answer(Some(200), testkit::jwks().to_string().as_bytes(), 0)
+            .unwrap();
+        assert!(verify(&settings.token, Some(&mut remote), &token, NOW).is_ok());
+        let unknown = testkit::sign(&json!({"alg": "RS256", "kid": "new-key"}), &claims());
+        assert_eq!(
+            verify(&settings.token, Some(&mut remote), &unknown, NOW),
+            Err(Failure::TokenKeyUnknown)
+        );
+        assert!(
+            remote.due(30_000).is_some(),
+            "the unknown kid asked for an early refetch"
+        );
     }
 
     #[test]
@@ -398,6 +575,50 @@ mod tests {
         assert_eq!(
             check(&testkit::rs256(&with(json!({"iat": NOW + 600})))),
             Err(Failure::TokenNotYetValid)
+        );
+    }
+
+    #[test]
+    fn authorized_party_and_linked_identity() {
+        let mut config = testkit::config();
+        let with_azp = testkit::rs256(&with(json!({"aud": "account", "azp": "pace-app"})));
+        assert!(matches!(
+            verify(&config.token, None, &with_azp, NOW),
+            Err(Failure::TokenClaimsInvalid(_))
+        ));
+        config.token.authorized_parties = vec!["pace-app".into()];
+        assert!(verify(&config.token, None, &with_azp, NOW).is_ok());
+
+        config.token.linked_identity = Some(LinkedIdentityRule {
+            claim: "linked".into(),
+            equals: None,
+        });
+        let t = |c: Value| verify(&config.token, None, &testkit::rs256(&with(c)), NOW);
+        assert_eq!(t(json!({})), Err(Failure::MissingLinkedIdentity));
+        assert_eq!(
+            t(json!({"linked": false})),
+            Err(Failure::MissingLinkedIdentity)
+        );
+        assert_eq!(
+            t(json!({"linked": ""})),
+            Err(Failure::MissingLinkedIdentity)
+        );
+        assert!(t(json!({"linked": "google"})).is_ok());
+        assert!(t(json!({"linked": ["google"]})).is_ok());
+        config.token.linked_identity = Some(LinkedIdentityRule {
+            claim: "idp".into(),
+            equals: Some(json!("pace")),
+        });
+        let t = |c: Value| verify(&config.token, None, &testkit::rs256(&with(c)), NOW);
+        assert_eq!(
+            t(json!({"idp": "other"})),
+            Err(Failure::MissingLinkedIdentity)
+        );
+        assert!(t(json!({"idp": "pace"})).is_ok());
+        // 401 for the identity comes before 403 for the scope.
+        assert_eq!(
+            t(json!({"idp": "other", "scope": "openid"})),
+            Err(Failure::MissingLinkedIdentity)
         );
     }
 

@@ -18,8 +18,12 @@ use support::*;
 
 const PIN: &str = r#"{"pin":"8299"}"#;
 
-fn envoy_towards(port: u16, edit: impl FnOnce(String) -> String) -> Envoy {
-    Envoy::start(&demo_config(port, edit))
+/// Envoy whose credential cluster points at `port`; a real service publishes the token keys.
+fn envoy_towards(port: u16, edit: impl FnOnce(String) -> String) -> (Envoy, CredentialService) {
+    let keys = CredentialService::start(&[]);
+    let envoy = Envoy::start(&demo_config_split(port, keys.port, edit));
+    envoy.wait_for_keys();
+    (envoy, keys)
 }
 
 fn assert_still_serving(envoy: &Envoy) {
@@ -34,7 +38,7 @@ fn nothing_listening() {
         .local_addr()
         .unwrap()
         .port();
-    let envoy = envoy_towards(free_port, |c| c);
+    let (envoy, _keys) = envoy_towards(free_port, |c| c);
     let r = create_otp(envoy.port, &token(), PIN);
     assert_error(&r, 500, "credential-service-unavailable");
     assert_still_serving(&envoy);
@@ -63,7 +67,7 @@ fn too_slow() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 18\r\nconnection: close\r\n\r\n{\"result\":\"valid\"}",
         Duration::from_secs(3),
     );
-    let envoy = envoy_towards(stub.port, |c| {
+    let (envoy, _keys) = envoy_towards(stub.port, |c| {
         c.replace(r#""timeout_ms": 2000"#, r#""timeout_ms": 300"#)
     });
     let r = create_otp(envoy.port, &token(), PIN);
@@ -74,7 +78,7 @@ fn too_slow() {
 #[test]
 fn error_status() {
     let stub = Stub::start(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 18\r\nconnection: close\r\n\r\n{\"result\":\"valid\"}", Duration::ZERO);
-    let envoy = envoy_towards(stub.port, |c| c);
+    let (envoy, _keys) = envoy_towards(stub.port, |c| c);
     assert_error(
         &create_otp(envoy.port, &token(), PIN),
         500,
@@ -88,7 +92,7 @@ fn garbage_answer() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\n<html></ht>",
         Duration::ZERO,
     );
-    let envoy = envoy_towards(stub.port, |c| c);
+    let (envoy, _keys) = envoy_towards(stub.port, |c| c);
     assert_error(
         &create_otp(envoy.port, &token(), PIN),
         500,
@@ -111,7 +115,7 @@ fn enormous_answer() {
         .into_boxed_slice(),
     );
     let stub = Stub::start(raw, Duration::ZERO);
-    let envoy = envoy_towards(stub.port, |c| c);
+    let (envoy, _keys) = envoy_towards(stub.port, |c| c);
     assert_error(
         &create_otp(envoy.port, &token(), PIN),
         500,
@@ -121,7 +125,7 @@ fn enormous_answer() {
 
 #[test]
 fn unknown_cluster_fails_closed() {
-    let envoy = envoy_towards(1, |c| {
+    let (envoy, _keys) = envoy_towards(1, |c| {
         c.replace(
             r#""cluster": "credential_service""#,
             r#""cluster": "no_such_cluster""#,

@@ -2,12 +2,21 @@
 //!
 //! ```text
 //! credential-service [--listen 127.0.0.1:10001] [--max-failures 10] [--lockout-seconds 300]
+//!                    [--jwks-file PATH] [--introspection-client otp-filter]
+//!                    [--introspection-key envoy/dev-keys/rs256-DEV-ONLY.pem]
+//!                    [--introspection-delay-ms 0]
 //! credential-service hash        # reads one secret on stdin, prints its argon2id PHC string
 //! ```
 //!
 //! Env `CREDENTIAL_SERVICE_AUTH`: when set and non-empty, verify requests must carry an
 //! `authorization` header equal to it. See `protocol.rs` for the wire contract.
+//!
+//! For demos and tests it also stands in for an identity provider: `GET /jwks.json` serves
+//! the `--jwks-file` as it is at that moment, and `POST /v1/introspect` is an RFC 7662
+//! introspection endpoint (see `introspect.rs`), enabled by env
+//! `INTROSPECTION_CLIENT_SECRET`.
 
+mod introspect;
 mod lockout;
 mod protocol;
 mod service;
@@ -15,6 +24,7 @@ mod store;
 
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
@@ -23,6 +33,7 @@ use std::time::Duration;
 use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use argon2::Argon2;
 
+use crate::introspect::Introspector;
 use crate::lockout::LockoutPolicy;
 use crate::protocol::MAX_BODY_BYTES;
 use crate::service::{BodyError, Service};
@@ -30,18 +41,51 @@ use crate::store::Store;
 
 const USAGE: &str = "usage:
   credential-service [--listen ADDR:PORT] [--max-failures N] [--lockout-seconds N]
+                     [--jwks-file PATH] [--introspection-client ID]
+                     [--introspection-key PATH] [--introspection-delay-ms N]
       defaults: --listen 127.0.0.1:10001 --max-failures 10 --lockout-seconds 300
+                --introspection-client otp-filter
+                --introspection-key envoy/dev-keys/rs256-DEV-ONLY.pem
+                --introspection-delay-ms 0
       env CREDENTIAL_SERVICE_AUTH: if set and non-empty, required `authorization` header value
+      --jwks-file: served as-is at GET /jwks.json, re-read on every request (503 without it)
+      env INTROSPECTION_CLIENT_SECRET: if set and non-empty, enables POST /v1/introspect for
+          HTTP Basic client ID:SECRET; active = RS256-signed by --introspection-key, unexpired
   credential-service hash
       reads one secret from stdin, prints its argon2id PHC string";
 
 const AUTH_ENV: &str = "CREDENTIAL_SERVICE_AUTH";
+const INTROSPECTION_SECRET_ENV: &str = "INTROSPECTION_CLIENT_SECRET";
+/// The dev key that signs introspectable tokens, relative to the repo root.
+const DEFAULT_INTROSPECTION_KEY: &str = "envoy/dev-keys/rs256-DEV-ONLY.pem";
+/// Upper bound of `--introspection-delay-ms`: enough for any timeout test, and a slow
+/// answer holds a worker thread for that long.
+const MAX_INTROSPECTION_DELAY_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ServeConfig {
     listen: String,
     max_failures: u32,
     lockout_seconds: u64,
+    jwks_file: Option<String>,
+    introspection_client: String,
+    /// `None`: [`DEFAULT_INTROSPECTION_KEY`].
+    introspection_key: Option<String>,
+    introspection_delay_ms: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:10001".to_owned(),
+            max_failures: 10,
+            lockout_seconds: 300,
+            jwks_file: None,
+            introspection_client: "otp-filter".to_owned(),
+            introspection_key: None,
+            introspection_delay_ms: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,11 +96,7 @@ enum Command {
 }
 
 fn parse_args(args: &[String]) -> Result<Command, String> {
-    let mut cfg = ServeConfig {
-        listen: "127.0.0.1:10001".to_owned(),
-        max_failures: 10,
-        lockout_seconds: 300,
-    };
+    let mut cfg = ServeConfig::default();
     let mut it = args.iter();
     match args.first().map(String::as_str) {
         Some("hash") if args.len() == 1 => return Ok(Command::Hash),
@@ -92,6 +132,42 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 cfg.lockout_seconds =
                     v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
                         format!("--lockout-seconds: not a positive integer: {v:?}")
+                    })?;
+            }
+            "--jwks-file" => {
+                let v = value()?;
+                if v.is_empty() {
+                    return Err("--jwks-file: empty path".to_owned());
+                }
+                cfg.jwks_file = Some(v);
+            }
+            "--introspection-client" => {
+                let v = value()?;
+                // RFC 7617: a Basic user-id cannot contain a colon.
+                if v.is_empty() || v.contains(':') || v.chars().any(char::is_control) {
+                    return Err(format!(
+                        "--introspection-client: must be non-empty, without ':' or control characters: {v:?}"
+                    ));
+                }
+                cfg.introspection_client = v;
+            }
+            "--introspection-key" => {
+                let v = value()?;
+                if v.is_empty() {
+                    return Err("--introspection-key: empty path".to_owned());
+                }
+                cfg.introspection_key = Some(v);
+            }
+            "--introspection-delay-ms" => {
+                let v = value()?;
+                cfg.introspection_delay_ms = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= MAX_INTROSPECTION_DELAY_MS)
+                    .ok_or_else(|| {
+                        format!(
+                            "--introspection-delay-ms: not an integer from 0 to {MAX_INTROSPECTION_DELAY_MS}: {v:?}"
+                        )
                     })?;
             }
             other => return Err(format!("unknown argument {other:?}")),
@@ -141,20 +217,71 @@ fn hash() -> Result<(), String> {
     Ok(())
 }
 
-fn serve(cfg: &ServeConfig) -> Result<(), String> {
-    let auth = match std::env::var(AUTH_ENV) {
-        Ok(v) if !v.is_empty() => Some(v),
-        Ok(_) | Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(_)) => {
-            return Err(format!("{AUTH_ENV} is not valid UTF-8"))
-        }
+/// A non-empty environment variable, `None` when unset or empty.
+fn env_value(name: &str) -> Result<Option<String>, String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Ok(Some(v)),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not valid UTF-8")),
+    }
+}
+
+/// The default key path: relative to the current directory (the repo root, normally), else
+/// relative to this crate's source tree, as `demo-token` finds its keys.
+fn default_introspection_key() -> PathBuf {
+    let here = PathBuf::from(DEFAULT_INTROSPECTION_KEY);
+    if here.exists() {
+        return here;
+    }
+    let from_source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(DEFAULT_INTROSPECTION_KEY);
+    if from_source.exists() {
+        from_source
+    } else {
+        here
+    }
+}
+
+/// The introspector, when `INTROSPECTION_CLIENT_SECRET` enables it. The key is loaded now,
+/// so a bad key stops the start instead of failing every request; an explicit
+/// `--introspection-key` is checked even while the endpoint is disabled, to catch typos.
+fn introspector(cfg: &ServeConfig) -> Result<Option<Introspector>, String> {
+    let secret = env_value(INTROSPECTION_SECRET_ENV)?;
+    if secret.is_none() && cfg.introspection_key.is_none() {
+        return Ok(None);
+    }
+    let path = cfg
+        .introspection_key
+        .as_ref()
+        .map_or_else(default_introspection_key, PathBuf::from);
+    let key = introspect::load_public_key(&path)?;
+    let Some(secret) = secret else {
+        return Ok(None);
     };
+    Introspector::new(
+        cfg.introspection_client.clone(),
+        secret,
+        key,
+        Duration::from_millis(cfg.introspection_delay_ms),
+    )
+    .map(Some)
+}
+
+fn serve(cfg: &ServeConfig) -> Result<(), String> {
+    let auth = env_value(AUTH_ENV)?;
     let policy = LockoutPolicy {
         max_failures: cfg.max_failures,
         lockout: Duration::from_secs(cfg.lockout_seconds),
     };
     let store = Store::embedded(policy).map_err(|e| format!("embedded user store: {e}"))?;
-    let service = Arc::new(Service::new(store, auth));
+    let introspector = introspector(cfg)?;
+    let introspection = if introspector.is_some() { "on" } else { "off" };
+    let service = Arc::new(
+        Service::new(store, auth)
+            .with_jwks_file(cfg.jwks_file.as_ref().map(PathBuf::from))
+            .with_introspector(introspector),
+    );
 
     let listener = TcpListener::bind(&cfg.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -169,14 +296,25 @@ fn serve(cfg: &ServeConfig) -> Result<(), String> {
             .map_err(|e| format!("starting HTTP server: {e}"))?,
     );
 
+    // Paths and the client id are not secrets; the client secret is never printed.
     eprintln!(
-        "credential-service: max-failures={} lockout-seconds={} auth={}",
+        "credential-service: max-failures={} lockout-seconds={} auth={} jwks-file={} introspection={}",
         cfg.max_failures,
         cfg.lockout_seconds,
         if service.requires_auth() {
             "required"
         } else {
             "off"
+        },
+        cfg.jwks_file.as_deref().map_or_else(|| "-".to_owned(), |p| quoted(Some(p))),
+        if introspection == "on" {
+            format!(
+                "on client={} delay-ms={}",
+                quoted(Some(&cfg.introspection_client)),
+                cfg.introspection_delay_ms
+            )
+        } else {
+            "off".to_owned()
         }
     );
     // The one stdout line tests parse.
@@ -266,9 +404,14 @@ fn serve_one(service: &Service, mut rq: tiny_http::Request) {
             response.add_header(h);
         }
     }
+    if let Some(challenge) = answer.www_authenticate {
+        if let Ok(h) = tiny_http::Header::from_bytes("WWW-Authenticate", challenge) {
+            response.add_header(h);
+        }
+    }
     let sent = rq.respond(response);
 
-    // One line per request. Never the body, the secret or the authorization header.
+    // One line per request. Never the body, the secret, a token or the authorization header.
     let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
     let line = format!(
         "{} {} request-id={} user={} kind={} status={} result={}{}\n",
@@ -355,7 +498,11 @@ mod tests {
             Ok(Command::Serve(ServeConfig {
                 listen: "127.0.0.1:10001".into(),
                 max_failures: 10,
-                lockout_seconds: 300
+                lockout_seconds: 300,
+                jwks_file: None,
+                introspection_client: "otp-filter".into(),
+                introspection_key: None,
+                introspection_delay_ms: 0,
             }))
         );
         assert_eq!(
@@ -369,9 +516,40 @@ mod tests {
             Ok(Command::Serve(ServeConfig {
                 listen: "127.0.0.1:0".into(),
                 max_failures: 3,
-                lockout_seconds: 5
+                lockout_seconds: 5,
+                ..ServeConfig::default()
             }))
         );
+        assert_eq!(
+            parse_args(&args(&[
+                "--jwks-file",
+                "/tmp/jwks.json",
+                "--introspection-client=filter-2",
+                "--introspection-key",
+                "k.pem",
+                "--introspection-delay-ms",
+                "2500",
+            ])),
+            Ok(Command::Serve(ServeConfig {
+                jwks_file: Some("/tmp/jwks.json".into()),
+                introspection_client: "filter-2".into(),
+                introspection_key: Some("k.pem".into()),
+                introspection_delay_ms: 2500,
+                ..ServeConfig::default()
+            }))
+        );
+        for bad in [
+            &["--jwks-file"][..],
+            &["--jwks-file="],
+            &["--introspection-client", ""],
+            &["--introspection-client", "a:b"],
+            &["--introspection-key="],
+            &["--introspection-delay-ms", "-1"],
+            &["--introspection-delay-ms", "60001"],
+            &["--introspection-delay-ms", "soon"],
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
+        }
         assert_eq!(parse_args(&args(&["hash"])), Ok(Command::Hash));
         assert!(parse_args(&args(&["hash", "x"])).is_err());
         assert!(parse_args(&args(&["--max-failures", "0"])).is_err());

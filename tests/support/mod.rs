@@ -89,12 +89,19 @@ pub struct CredentialService {
     _proc: Proc,
 }
 
+pub fn dev_jwks_file() -> PathBuf {
+    built(root().join("envoy/dev-keys/jwks.json"))
+}
+
 impl CredentialService {
+    /// Starts the service; it publishes the dev JWKS unless `extra_args` name another file.
     pub fn start(extra_args: &[&str]) -> Self {
         let mut cmd = Command::new(service_bin());
-        cmd.args(["--listen", "127.0.0.1:0"])
-            .args(extra_args)
-            .env("CREDENTIAL_SERVICE_AUTH", CALLOUT_AUTH)
+        cmd.args(["--listen", "127.0.0.1:0"]).args(extra_args);
+        if !extra_args.contains(&"--jwks-file") {
+            cmd.arg("--jwks-file").arg(dev_jwks_file());
+        }
+        cmd.env("CREDENTIAL_SERVICE_AUTH", CALLOUT_AUTH)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut child = guarded(&mut cmd).spawn().expect("start credential-service");
@@ -132,9 +139,23 @@ pub struct Envoy {
 }
 
 /// The shipped demo config with test ports and an absolute .wasm path; `edit` may change more.
+/// The credential service also serves the JWKS.
 pub fn demo_config(credential_port: u16, edit: impl FnOnce(String) -> String) -> String {
+    demo_config_split(credential_port, credential_port, edit)
+}
+
+/// As `demo_config`, with the JWKS fetched from another port.
+pub fn demo_config_split(
+    credential_port: u16,
+    jwks_port: u16,
+    edit: impl FnOnce(String) -> String,
+) -> String {
     let text = std::fs::read_to_string(root().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml");
     let replaced = text
+        .replace(
+            "port_value: 10001 }  # jwks endpoint",
+            &format!("port_value: {jwks_port} }}"),
+        )
         .replace("port_value: 10000", "port_value: 0")
         .replace("port_value: 9901", "port_value: 0")
         .replace(
@@ -213,6 +234,22 @@ impl Envoy {
         }
     }
 
+    /// Waits until the filter has token keys: a well-signed token is then refused for its Accept
+    /// header (406) rather than for missing keys (500 `jwks-unavailable`). Nothing reaches the
+    /// credential service's verify path.
+    pub fn wait_for_keys(&self) {
+        let auth = format!("Bearer {}", token());
+        let probe = request(
+            "POST",
+            OTP_PATH,
+            &[("authorization", &auth), ("accept", "text/html")],
+            Some("{}"),
+        );
+        wait_for("the filter to load its token keys", || {
+            send(self.port, &probe).status == 406
+        });
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -228,6 +265,7 @@ impl Stack {
     pub fn start() -> Self {
         let service = CredentialService::start(&[]);
         let envoy = Envoy::start(&demo_config(service.port, |c| c));
+        envoy.wait_for_keys();
         Stack { envoy, service }
     }
 }
