@@ -51,7 +51,8 @@ run: build $(ENVOY_STAMP)
 # Every Envoy YAML under envoy/ must pass Envoy's own validation (which also runs on_configure).
 validate: build $(ENVOY_STAMP)
 	@for f in envoy/*.yaml; do \
-	  $(ENVOY) --mode validate --disable-hot-restart -l error -c $$f >/dev/null && echo "valid: $$f"; \
+	  $(ENVOY) --mode validate --disable-hot-restart -l error -c $$f >/dev/null || { echo "invalid: $$f"; exit 1; }; \
+	  echo "valid: $$f"; \
 	done
 
 lint: wasm-target

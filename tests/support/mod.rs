@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const CALLOUT_AUTH: &str = "Bearer dev-only-credential-secret";
+pub const INTROSPECTION_SECRET: &str = "dev-only-introspection-secret";
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -102,6 +103,7 @@ impl CredentialService {
             cmd.arg("--jwks-file").arg(dev_jwks_file());
         }
         cmd.env("CREDENTIAL_SERVICE_AUTH", CALLOUT_AUTH)
+            .env("INTROSPECTION_CLIENT_SECRET", INTROSPECTION_SECRET)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut child = guarded(&mut cmd).spawn().expect("start credential-service");
@@ -150,12 +152,29 @@ pub fn demo_config_split(
     jwks_port: u16,
     edit: impl FnOnce(String) -> String,
 ) -> String {
-    let text = std::fs::read_to_string(root().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml");
-    let replaced = text
-        .replace(
-            "port_value: 10001 }  # jwks endpoint",
-            &format!("port_value: {jwks_port} }}"),
-        )
+    config_file("envoy.yaml", credential_port, jwks_port, edit)
+}
+
+/// An Envoy YAML from `envoy/` with test ports and an absolute .wasm path. `aux_port` replaces the
+/// port marked `# ... endpoint` (the JWKS or introspection endpoint); `edit` may change more.
+pub fn config_file(
+    name: &str,
+    credential_port: u16,
+    aux_port: u16,
+    edit: impl FnOnce(String) -> String,
+) -> String {
+    let text = std::fs::read_to_string(root().join("envoy").join(name)).expect("envoy config");
+    let aux = text
+        .lines()
+        .map(|line| match line.find("port_value: 10001 }  # ") {
+            Some(i) if line.ends_with(" endpoint") => {
+                format!("{}port_value: {aux_port} }}", &line[..i])
+            }
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let replaced = aux
         .replace("port_value: 10000", "port_value: 0")
         .replace("port_value: 9901", "port_value: 0")
         .replace(
@@ -168,7 +187,7 @@ pub fn demo_config_split(
         );
     assert_ne!(
         text, replaced,
-        "envoy/envoy.yaml no longer has the expected ports"
+        "envoy/{name} no longer has the expected ports"
     );
     edit(replaced)
 }
