@@ -12,7 +12,7 @@ TOKEN_BIN     := target/release/demo-token
 # DEV ONLY: the callout secret the demo Envoy config sends (envoy/envoy.yaml).
 DEMO_CALLOUT_AUTH := Bearer dev-only-credential-secret
 
-.PHONY: all build wasm-target run token test validate lint clean
+.PHONY: all build wasm-target run token test validate lint clean bench-native bench-envoy
 
 all: build
 
@@ -62,6 +62,15 @@ lint: wasm-target
 
 test: lint validate
 	cargo test --workspace
+
+# Native cost of the logic, as ratios to a baseline in the same run. Never part of `make test`.
+bench-native:
+	cargo build --quiet --release -p credential-service --bin demo-token
+	cargo bench --bench native
+
+# Token verification inside Envoy's V8, per algorithm. Never part of `make test`.
+bench-envoy: build $(ENVOY_STAMP)
+	cargo bench --bench in_envoy
 
 clean:
 	cargo clean

@@ -18,9 +18,10 @@ use crate::credential::MAX_ANSWER_BYTES;
 use crate::failure::Failure;
 use serde_json::{Map, Value};
 
+use crate::claims_cache::ClaimsCache;
 use crate::credential::Upstream;
 use crate::flow::{self, Exchange, RequestHead, Step, TokenState};
-use crate::introspection::{IntrospectionCache, MAX_ANSWER_BYTES as MAX_INTROSPECTION_BYTES};
+use crate::introspection::MAX_ANSWER_BYTES as MAX_INTROSPECTION_BYTES;
 use crate::jsonapi::{self, Reply};
 use crate::jwks::{RemoteJwks, MAX_JWKS_BYTES};
 use crate::request_id::{self, XidGenerator};
@@ -54,8 +55,8 @@ struct Root {
     config: Option<Rc<Config>>,
     /// The fetched key set, shared with this VM's streams; `None` without `remote_jwks`.
     remote: Option<Rc<RefCell<RemoteJwks>>>,
-    /// Positive introspection answers, shared with this VM's streams; `None` in other modes.
-    introspection_cache: Option<Rc<RefCell<IntrospectionCache>>>,
+    /// Tokens already verified (signature, or introspection), shared with this VM's streams.
+    verified: Option<Rc<RefCell<ClaimsCache>>>,
     ids: Rc<RefCell<XidGenerator>>,
 }
 
@@ -73,7 +74,7 @@ impl Root {
         Root {
             config: None,
             remote: None,
-            introspection_cache: None,
+            verified: None,
             ids: Rc::new(RefCell::new(XidGenerator::new(seed))),
         }
     }
@@ -110,6 +111,10 @@ impl Context for Root {
         let mut remote = remote.borrow_mut();
         match remote.on_answer(status, &body, now_ms()) {
             Ok((count, skipped)) => {
+                // Tokens verified with the old set must be verified again with the new one.
+                if let Some(verified) = &self.verified {
+                    verified.borrow_mut().clear();
+                }
                 let kids: Vec<&str> = remote
                     .keys()
                     .map(|k| k.kids().collect())
@@ -172,12 +177,14 @@ impl RootContext for Root {
                         return false;
                     }
                 }
-                if let TokenSource::Introspection(settings) = &config.token.source {
-                    self.introspection_cache =
-                        Some(Rc::new(RefCell::new(IntrospectionCache::new(
-                            settings.cache_entries,
-                            Duration::from_secs(settings.cache_seconds),
-                        ))));
+                let (entries, seconds) = match &config.token.source {
+                    TokenSource::Jwt => (config.token.cache_entries, config.token.cache_seconds),
+                    TokenSource::Introspection(i) => (i.cache_entries, i.cache_seconds),
+                    TokenSource::JwtAuthn { .. } => (0, 0),
+                };
+                if entries > 0 && seconds > 0 {
+                    let cache = ClaimsCache::new(entries, Duration::from_secs(seconds));
+                    self.verified = Some(Rc::new(RefCell::new(cache)));
                 }
                 self.config = Some(Rc::new(config));
                 true
@@ -198,7 +205,7 @@ impl RootContext for Root {
         Some(Box::new(Http {
             config: self.config.clone(),
             remote: self.remote.clone(),
-            introspection_cache: self.introspection_cache.clone(),
+            verified: self.verified.clone(),
             ids: Rc::clone(&self.ids),
             exchange: None,
             buffered: 0,
@@ -214,7 +221,7 @@ struct Http {
     /// `None` only if Envoy created a stream despite a refused config; then every request fails closed.
     config: Option<Rc<Config>>,
     remote: Option<Rc<RefCell<RemoteJwks>>>,
-    introspection_cache: Option<Rc<RefCell<IntrospectionCache>>>,
+    verified: Option<Rc<RefCell<ClaimsCache>>>,
     ids: Rc<RefCell<XidGenerator>>,
     exchange: Option<Exchange>,
     buffered: usize,
@@ -311,10 +318,10 @@ impl Http {
             end_of_stream,
         };
         let mut remote = self.remote.as_ref().map(|r| r.borrow_mut());
-        let mut cache = self.introspection_cache.as_ref().map(|c| c.borrow_mut());
+        let mut cache = self.verified.as_ref().map(|c| c.borrow_mut());
         let state = TokenState {
             remote_jwks: remote.as_deref_mut(),
-            introspection_cache: cache.as_deref_mut(),
+            verified: cache.as_deref_mut(),
         };
         let (exchange, step) = Exchange::start(&config, state, &head, id, now);
         drop((remote, cache));
@@ -424,7 +431,7 @@ impl Context for Http {
         };
         let (status, body) =
             call_response(body_size, MAX_ANSWER_BYTES.max(MAX_INTROSPECTION_BYTES));
-        let mut cache = self.introspection_cache.as_ref().map(|c| c.borrow_mut());
+        let mut cache = self.verified.as_ref().map(|c| c.borrow_mut());
         let step = exchange.on_answer(&config, cache.as_deref_mut(), status, &body, now_ms());
         drop(cache);
         self.perform(&config, step);

@@ -319,6 +319,8 @@ fn token_section(
     let hmac_keys = s.take("hmac_keys");
     let jwt_authn = s.take("jwt_authn");
     let introspection = s.take("introspection");
+    let cache_entries = s.integer("cache_entries", 4096, 0, 100_000) as usize;
+    let cache_seconds = s.integer("cache_seconds", 300, 0, 3600);
     s.finish();
 
     let linked_identity = linked.map(|linked| {
@@ -400,6 +402,8 @@ fn token_section(
         linked_identity,
         keys,
         remote_jwks,
+        cache_entries,
+        cache_seconds,
         source,
     }
 }

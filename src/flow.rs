@@ -12,10 +12,11 @@
 use serde_json::{Map, Value};
 
 use crate::body::{self, Credentials};
+use crate::claims_cache::{token_hash, ClaimsCache, TokenHash};
 use crate::config::Config;
 use crate::credential::{self, Callout, SecretKind, Verdict};
 use crate::failure::Failure;
-use crate::introspection::{self, Answer, IntrospectionCache, TokenHash};
+use crate::introspection::{self, Answer};
 use crate::jsonapi::{self, Reply};
 use crate::jwks::RemoteJwks;
 use crate::negotiation;
@@ -36,11 +37,12 @@ pub struct RequestHead<'a> {
     pub end_of_stream: bool,
 }
 
-/// Per-VM state the token check may use: the fetched JWKS, the introspection cache.
+/// Per-VM state the token check may use: the fetched JWKS and the cache of verified tokens
+/// (signatures checked, or introspection answers).
 #[derive(Default)]
 pub struct TokenState<'a> {
     pub remote_jwks: Option<&'a mut RemoteJwks>,
-    pub introspection_cache: Option<&'a mut IntrospectionCache>,
+    pub verified: Option<&'a mut ClaimsCache>,
 }
 
 /// What the adapter must do next.
@@ -149,8 +151,9 @@ impl Exchange {
         match &settings.source {
             TokenSource::Jwt => {
                 let bearer = token::bearer_token(head.authorization)?;
-                self.user_id =
-                    token::verify(settings, state.remote_jwks, bearer, now_secs)?.user_id;
+                let verified =
+                    token::verify(settings, state.remote_jwks, state.verified, bearer, now_ms)?;
+                self.user_id = verified.user_id;
                 Ok(None)
             }
             TokenSource::JwtAuthn { .. } => match (&head.verified_claims, head.authorization) {
@@ -164,10 +167,8 @@ impl Exchange {
             },
             TokenSource::Introspection(introspection_settings) => {
                 let bearer = token::bearer_token(head.authorization)?;
-                let hash = introspection::token_hash(bearer);
-                let cached = state
-                    .introspection_cache
-                    .and_then(|cache| cache.get(&hash, now_ms));
+                let hash = token_hash(bearer);
+                let cached = state.verified.and_then(|cache| cache.get(&hash, now_ms));
                 if let Some(claims) = cached {
                     self.user_id = token::check_claims(settings, &claims, now_secs)?.user_id;
                     return Ok(None);
@@ -259,7 +260,7 @@ impl Exchange {
     pub fn on_answer(
         &mut self,
         config: &Config,
-        cache: Option<&mut IntrospectionCache>,
+        cache: Option<&mut ClaimsCache>,
         status: Option<u16>,
         body: &[u8],
         now_ms: u64,
@@ -301,7 +302,7 @@ impl Exchange {
     fn on_introspection(
         &mut self,
         config: &Config,
-        cache: Option<&mut IntrospectionCache>,
+        cache: Option<&mut ClaimsCache>,
         token: TokenHash,
         status: Option<u16>,
         body: &[u8],
@@ -682,5 +683,236 @@ mod tests {
                 assert!(!text.contains(secret), "{secret} leaked in {text}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+    use crate::credential::Upstream;
+    use crate::testkit::{self, claims, merged, NOW};
+    use serde_json::json;
+
+    const NOW_MS: u64 = NOW * 1000;
+
+    fn introspection_config() -> Config {
+        let mut value = testkit::config_json();
+        let token = value["token"].as_object_mut().unwrap();
+        token.remove("jwks");
+        token.remove("hmac_keys");
+        token.insert("mode".into(), json!("introspection"));
+        token.insert(
+            "introspection".into(),
+            json!({"cluster": "idp", "authority": "idp", "path": "/introspect",
+                   "client_id": "otp-filter", "client_secret_env": "HS_SECRET"}),
+        );
+        testkit::config_from(&value).unwrap()
+    }
+
+    fn head<'a>(auth: &'a str, accept: Option<&'a str>, end_of_stream: bool) -> RequestHead<'a> {
+        RequestHead {
+            method: "POST",
+            authorization: Some(auth),
+            accept,
+            content_type: Some("application/json"),
+            content_length: None,
+            verified_claims: None,
+            end_of_stream,
+        }
+    }
+
+    fn active() -> Vec<u8> {
+        merged(&claims(), &json!({"active": true}))
+            .to_string()
+            .into_bytes()
+    }
+
+    fn upstream(step: &Step) -> Option<Upstream> {
+        match step {
+            Step::Call(call) => Some(call.upstream),
+            _ => None,
+        }
+    }
+
+    fn code(step: &Step) -> &'static str {
+        match step {
+            Step::Reply { outcome, .. } => outcome,
+            _ => "(no reply)",
+        }
+    }
+
+    #[test]
+    fn introspection_holds_the_body_until_the_token_is_known() {
+        let config = introspection_config();
+        let mut cache = ClaimsCache::new(10, std::time::Duration::from_secs(60));
+        let auth = format!("Bearer {}", testkit::rs256(&claims()));
+        let state = TokenState {
+            remote_jwks: None,
+            verified: Some(&mut cache),
+        };
+        let (mut ex, step) = Exchange::start(
+            &config,
+            state,
+            &head(&auth, None, false),
+            "id".into(),
+            NOW_MS,
+        );
+        assert_eq!(upstream(&step), Some(Upstream::Introspection));
+        let body = br#"{"pin":"8299"}"#.to_vec();
+        assert!(matches!(
+            ex.on_body(&config, body.len(), true, || Ok(body)),
+            Step::Wait
+        ));
+        let step = ex.on_answer(&config, Some(&mut cache), Some(200), &active(), NOW_MS);
+        assert_eq!(
+            upstream(&step),
+            Some(Upstream::CredentialService),
+            "the held body goes on"
+        );
+        assert_eq!(cache.len(), 1);
+
+        // The same token again: answered from the cache, no introspection.
+        let state = TokenState {
+            remote_jwks: None,
+            verified: Some(&mut cache),
+        };
+        let (_, step) = Exchange::start(
+            &config,
+            state,
+            &head(&auth, Some("text/html"), false),
+            "id".into(),
+            NOW_MS,
+        );
+        assert_eq!(code(&step), "not-acceptable");
+    }
+
+    #[test]
+    fn introspection_reports_the_token_before_later_failures() {
+        let config = introspection_config();
+        let auth = format!("Bearer {}", testkit::rs256(&claims()));
+        let start = |accept, eos| {
+            Exchange::start(
+                &config,
+                TokenState::default(),
+                &head(&auth, accept, eos),
+                "id".into(),
+                NOW_MS,
+            )
+        };
+        let (mut ex, _) = start(Some("text/html"), false);
+        assert_eq!(
+            code(&ex.on_answer(&config, None, Some(200), br#"{"active":false}"#, NOW_MS)),
+            "token-inactive"
+        );
+        let (mut ex, _) = start(Some("text/html"), false);
+        assert_eq!(
+            code(&ex.on_answer(&config, None, Some(200), &active(), NOW_MS)),
+            "not-acceptable"
+        );
+        let (mut ex, _) = start(None, false);
+        assert!(matches!(
+            ex.on_body(&config, 5000, false, || Err(())),
+            Step::Wait
+        ));
+        assert_eq!(
+            code(&ex.on_answer(&config, None, Some(200), &active(), NOW_MS)),
+            "payload-too-large"
+        );
+        let (mut ex, _) = start(None, true);
+        assert_eq!(
+            code(&ex.on_answer(&config, None, Some(200), &active(), NOW_MS)),
+            "body-not-json"
+        );
+        let (mut ex, _) = start(None, false);
+        assert!(
+            matches!(
+                ex.on_answer(&config, None, Some(200), &active(), NOW_MS),
+                Step::Wait
+            ),
+            "body still to come"
+        );
+        let body = br#"{"pin":"8299"}"#.to_vec();
+        assert_eq!(
+            upstream(&ex.on_body(&config, body.len(), true, || Ok(body))),
+            Some(Upstream::CredentialService)
+        );
+        let (mut ex, _) = start(None, false);
+        assert_eq!(
+            code(&ex.on_answer(&config, None, Some(504), b"", NOW_MS)),
+            "introspection-timeout"
+        );
+    }
+
+    #[test]
+    fn jwt_authn_mode_reads_verified_claims() {
+        let mut value = testkit::config_json();
+        let token = value["token"].as_object_mut().unwrap();
+        for field in ["jwks", "hmac_keys", "issuer", "audiences"] {
+            token.remove(field);
+        }
+        token.insert("mode".into(), json!("jwt_authn"));
+        token.insert(
+            "jwt_authn".into(),
+            json!({"payload_metadata_key": "jwt_payload"}),
+        );
+        let config = testkit::config_from(&value).unwrap();
+        let verified = |claims: Option<serde_json::Value>, auth: Option<&str>| {
+            let head = RequestHead {
+                method: "POST",
+                authorization: auth,
+                accept: None,
+                content_type: Some("application/json"),
+                content_length: None,
+                verified_claims: claims.map(|c| c.as_object().unwrap().clone()),
+                end_of_stream: false,
+            };
+            Exchange::start(&config, TokenState::default(), &head, "id".into(), NOW_MS).1
+        };
+        assert!(matches!(
+            verified(
+                Some(json!({"sub": "u", "scope": "user:otp:create"})),
+                Some("Bearer x")
+            ),
+            Step::Wait
+        ));
+        assert_eq!(code(&verified(None, Some("Bearer x"))), "token-rejected");
+        assert_eq!(code(&verified(None, None)), "token-missing");
+        assert_eq!(
+            code(&verified(
+                Some(json!({"sub": "u", "scope": "openid"})),
+                None
+            )),
+            "insufficient-scope"
+        );
+        assert_eq!(
+            code(&verified(Some(json!({"scope": "user:otp:create"})), None)),
+            "token-claims-invalid"
+        );
+    }
+
+    #[test]
+    fn modes_refuse_settings_of_other_modes() {
+        let mut value = testkit::config_json();
+        value["token"]["mode"] = json!("jwt_authn");
+        let message = match testkit::config_from(&value) {
+            Err(m) => m,
+            Ok(_) => panic!("accepted"),
+        };
+        for expected in [
+            "token.issuer: is checked by the jwt_authn provider in jwt_authn mode",
+            "token: keys (jwks, remote_jwks, hmac_keys) are not used in jwt_authn mode",
+            "token.jwt_authn.payload_metadata_key: is required",
+        ] {
+            assert!(
+                message.contains(expected),
+                "missing {expected:?} in {message}"
+            );
+        }
+        value["token"]["mode"] = json!("magic");
+        let message = match testkit::config_from(&value) {
+            Err(m) => m,
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(message.contains("token.mode: must be"), "{message}");
     }
 }

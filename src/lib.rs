@@ -4,6 +4,7 @@
 //! `adapter` (wasm32 only) maps proxy-wasm callbacks onto `flow::Exchange` and performs its steps.
 
 pub mod body;
+pub mod claims_cache;
 pub mod config;
 pub mod credential;
 pub mod failure;

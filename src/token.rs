@@ -5,6 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
 
+use crate::claims_cache::{token_hash, ClaimsCache};
 use crate::failure::Failure;
 use crate::introspection::IntrospectionSettings;
 use crate::jwk::{Algorithm, Key, KeySet};
@@ -25,6 +26,9 @@ pub struct TokenSettings {
     /// Keys from the config: the inline JWKS and HMAC secrets.
     pub keys: KeySet,
     pub remote_jwks: Option<RemoteJwksSettings>,
+    /// JWT mode: how many verified tokens each VM remembers, and for how long at most.
+    pub cache_entries: usize,
+    pub cache_seconds: u64,
     pub source: TokenSource,
 }
 
@@ -140,14 +144,28 @@ fn find_key<'a>(
 }
 
 /// Checks the signature, then the claims (time, issuer, audience, user, linked identity, scope).
+/// With a cache, a token whose signature was already verified skips the signature check (the
+/// expensive part: ~1 ms for RS256 inside V8); its claims are checked every time.
 pub fn verify(
     settings: &TokenSettings,
     remote: Option<&mut RemoteJwks>,
+    cache: Option<&mut ClaimsCache>,
     token: &str,
-    now_secs: u64,
+    now_ms: u64,
 ) -> Result<Verified, Failure> {
+    let now_secs = now_ms / 1000;
+    let Some(cache) = cache else {
+        let claims = verify_signature(&settings.keys, remote, token)?;
+        return check_claims(settings, &claims, now_secs);
+    };
+    let hash = token_hash(token);
+    if let Some(claims) = cache.get(&hash, now_ms) {
+        return check_claims(settings, &claims, now_secs);
+    }
     let claims = verify_signature(&settings.keys, remote, token)?;
-    check_claims(settings, &claims, now_secs)
+    let verified = check_claims(settings, &claims, now_secs)?;
+    cache.insert(hash, claims, now_ms);
+    Ok(verified)
 }
 
 /// Verifies the JWS and returns its (now trusted) claims.
@@ -338,7 +356,7 @@ mod tests {
     use serde_json::json;
 
     fn check(token: &str) -> Result<Verified, Failure> {
-        verify(&testkit::config().token, None, token, NOW)
+        verify(&testkit::config().token, None, None, token, NOW * 1000)
     }
 
     fn with(changes: Value) -> Value {
@@ -440,7 +458,7 @@ mod tests {
             min_refetch: Duration::from_secs(30),
         });
         let token = testkit::rs256(&claims());
-        let result = verify(&settings.token, Some(&mut remote), &token, NOW);
+        let result = verify(&settings.token, Some(&mut remote), None, &token, NOW * 1000);
         assert_eq!(
             result,
             Err(Failure::JwksUnavailable),
@@ -450,16 +468,64 @@ mod tests {
         remote
             .on_answer(Some(200), testkit::jwks().to_string().as_bytes(), 0)
             .unwrap();
-        assert!(verify(&settings.token, Some(&mut remote), &token, NOW).is_ok());
+        assert!(verify(&settings.token, Some(&mut remote), None, &token, NOW * 1000).is_ok());
         let unknown = testkit::sign(&json!({"alg": "RS256", "kid": "new-key"}), &claims());
         assert_eq!(
-            verify(&settings.token, Some(&mut remote), &unknown, NOW),
+            verify(
+                &settings.token,
+                Some(&mut remote),
+                None,
+                &unknown,
+                NOW * 1000
+            ),
             Err(Failure::TokenKeyUnknown)
         );
         assert!(
             remote.due(30_000).is_some(),
             "the unknown kid asked for an early refetch"
         );
+    }
+
+    #[test]
+    fn the_cache_skips_only_the_signature() {
+        use crate::claims_cache::ClaimsCache;
+        use std::time::Duration;
+        let mut config = testkit::config();
+        let mut cache = ClaimsCache::new(8, Duration::from_secs(300));
+        let token = testkit::rs256(&with(json!({"exp": NOW + 100})));
+        let at = |secs: u64| secs * 1000;
+        assert!(verify(&config.token, None, Some(&mut cache), &token, at(NOW)).is_ok());
+        assert_eq!(cache.len(), 1);
+        // Keys gone: the cached token still passes (its signature was checked), a new one does not.
+        config.token.keys = KeySet::default();
+        assert!(verify(&config.token, None, Some(&mut cache), &token, at(NOW + 1)).is_ok());
+        let fresh = testkit::rs256(&with(json!({"exp": NOW + 101})));
+        assert_eq!(
+            verify(&config.token, None, Some(&mut cache), &fresh, at(NOW)),
+            Err(Failure::TokenKeyUnknown)
+        );
+        // Claims are checked on every hit: the scope, and expiry (leeway 30 s; the entry itself ends at exp).
+        config.token.required_scope = "other".into();
+        assert_eq!(
+            verify(&config.token, None, Some(&mut cache), &token, at(NOW + 2)),
+            Err(Failure::InsufficientScope)
+        );
+        config.token.required_scope = "user:otp:create".into();
+        assert_eq!(
+            verify(&config.token, None, Some(&mut cache), &token, at(NOW + 100)),
+            Err(Failure::TokenKeyUnknown),
+            "entry expired at exp"
+        );
+        // The stale entry was dropped; failed tokens are not added.
+        assert!(cache.is_empty());
+        let expired = testkit::rs256(&with(json!({"exp": 1})));
+        let mut config = testkit::config();
+        config.token.leeway_seconds = 0;
+        assert_eq!(
+            verify(&config.token, None, Some(&mut cache), &expired, at(NOW)),
+            Err(Failure::TokenExpired)
+        );
+        assert!(cache.is_empty());
     }
 
     #[test]
@@ -583,17 +649,25 @@ mod tests {
         let mut config = testkit::config();
         let with_azp = testkit::rs256(&with(json!({"aud": "account", "azp": "pace-app"})));
         assert!(matches!(
-            verify(&config.token, None, &with_azp, NOW),
+            verify(&config.token, None, None, &with_azp, NOW * 1000),
             Err(Failure::TokenClaimsInvalid(_))
         ));
         config.token.authorized_parties = vec!["pace-app".into()];
-        assert!(verify(&config.token, None, &with_azp, NOW).is_ok());
+        assert!(verify(&config.token, None, None, &with_azp, NOW * 1000).is_ok());
 
         config.token.linked_identity = Some(LinkedIdentityRule {
             claim: "linked".into(),
             equals: None,
         });
-        let t = |c: Value| verify(&config.token, None, &testkit::rs256(&with(c)), NOW);
+        let t = |c: Value| {
+            verify(
+                &config.token,
+                None,
+                None,
+                &testkit::rs256(&with(c)),
+                NOW * 1000,
+            )
+        };
         assert_eq!(t(json!({})), Err(Failure::MissingLinkedIdentity));
         assert_eq!(
             t(json!({"linked": false})),
@@ -609,7 +683,15 @@ mod tests {
             claim: "idp".into(),
             equals: Some(json!("pace")),
         });
-        let t = |c: Value| verify(&config.token, None, &testkit::rs256(&with(c)), NOW);
+        let t = |c: Value| {
+            verify(
+                &config.token,
+                None,
+                None,
+                &testkit::rs256(&with(c)),
+                NOW * 1000,
+            )
+        };
         assert_eq!(
             t(json!({"idp": "other"})),
             Err(Failure::MissingLinkedIdentity)
