@@ -57,9 +57,17 @@ pub enum Step {
 }
 
 enum Stage {
-    Introspecting { token: TokenHash },
+    Introspecting {
+        token: TokenHash,
+    },
+    /// The answer is known (an error) but the request body is still arriving: it is answered when
+    /// the body ends, so Envoy can keep the connection (HTTP/1.1) or end the stream cleanly (h2)
+    /// instead of resetting a request the client is still sending.
+    Draining(Failure),
     AwaitingBody,
-    CheckingPassword { pin: Option<Secret> },
+    CheckingPassword {
+        pin: Option<Secret>,
+    },
     CheckingPin,
     Finished,
 }
@@ -122,12 +130,12 @@ impl Exchange {
             early_body: EarlyBody::None,
         };
         if head.method != "POST" {
-            let step = exchange.fail(Failure::MethodNotAllowed);
+            let step = exchange.fail_after_body(Failure::MethodNotAllowed, head.end_of_stream);
             return (exchange, step);
         }
         exchange.after_token = check_representation(config, head);
         let step = match exchange.check_token(config, state, head, now_ms) {
-            Err(failure) => exchange.fail(failure),
+            Err(failure) => exchange.fail_after_body(failure, head.end_of_stream),
             Ok(Some(call)) => Step::Call(call),
             Ok(None) => exchange.token_passed(config, head.end_of_stream),
         };
@@ -189,7 +197,8 @@ impl Exchange {
     /// The token is good: report the first later header failure, or go on to the body.
     fn token_passed(&mut self, config: &Config, end_of_stream: bool) -> Step {
         if let Some(failure) = self.after_token.take() {
-            return self.fail(failure);
+            let body_done = end_of_stream || !matches!(self.early_body, EarlyBody::None);
+            return self.fail_after_body(failure, body_done);
         }
         self.stage = Stage::AwaitingBody;
         match std::mem::replace(&mut self.early_body, EarlyBody::None) {
@@ -208,6 +217,13 @@ impl Exchange {
         end_of_stream: bool,
         read: impl FnOnce() -> Result<Vec<u8>, ()>,
     ) -> Step {
+        if let Stage::Draining(failure) = self.stage {
+            // Buffered, never parsed; answered once complete, or at once if it grows too large.
+            if end_of_stream || buffered > config.max_body_bytes {
+                return self.fail(failure);
+            }
+            return Step::Wait;
+        }
         let introspecting = matches!(self.stage, Stage::Introspecting { .. });
         if !introspecting && !matches!(self.stage, Stage::AwaitingBody) {
             return Step::Wait;
@@ -272,7 +288,7 @@ impl Exchange {
             }
             Stage::CheckingPassword { pin } => pin,
             Stage::CheckingPin => None,
-            Stage::AwaitingBody | Stage::Finished => {
+            Stage::AwaitingBody | Stage::Draining(_) | Stage::Finished => {
                 return self.fail(Failure::Internal(
                     "A credential answer arrived unexpectedly.",
                 ))
@@ -308,13 +324,14 @@ impl Exchange {
         body: &[u8],
         now_ms: u64,
     ) -> Step {
+        let body_done = !matches!(self.early_body, EarlyBody::None);
         let claims = match introspection::read_answer(status, body) {
-            Err(failure) => return self.fail(failure),
-            Ok(Answer::Inactive) => return self.fail(Failure::TokenInactive),
+            Err(failure) => return self.fail_after_body(failure, body_done),
+            Ok(Answer::Inactive) => return self.fail_after_body(Failure::TokenInactive, body_done),
             Ok(Answer::Active(claims)) => claims,
         };
         match token::check_claims(&config.token, &claims, now_ms / 1000) {
-            Err(failure) => self.fail(failure),
+            Err(failure) => self.fail_after_body(failure, body_done),
             Ok(verified) => {
                 if let Some(cache) = cache {
                     cache.insert(token, claims, now_ms);
@@ -354,6 +371,15 @@ impl Exchange {
                 "The one-time password could not be computed.",
             )),
         }
+    }
+
+    /// Fails now if the request is complete (or too large to wait for), else once its body ends.
+    fn fail_after_body(&mut self, failure: Failure, body_done: bool) -> Step {
+        if body_done || failure == Failure::PayloadTooLarge {
+            return self.fail(failure);
+        }
+        self.stage = Stage::Draining(failure);
+        Step::Wait
     }
 
     fn fail(&mut self, failure: Failure) -> Step {
@@ -518,9 +544,39 @@ mod tests {
             ),
         ];
         for (req, (status, code)) in cases {
-            let (_, step) = start(&req, false);
+            let (_, step) = start(&req, true);
             assert_eq!(answer(&step), (status, code.to_string()));
         }
+    }
+
+    #[test]
+    fn errors_found_at_the_headers_wait_for_the_body_to_end() {
+        let c = testkit::config();
+        let no_token = Request {
+            authorization: None,
+            ..valid()
+        };
+        let (mut exchange, step) = start(&no_token, false);
+        assert!(matches!(step, Step::Wait), "the client is still sending");
+        assert!(matches!(
+            exchange.on_body(&c, 100, false, || Err(())),
+            Step::Wait
+        ));
+        let step = exchange.on_body(&c, 200, true, || panic!("a drained body is never read"));
+        assert_eq!(answer(&step), (401, "token-missing".into()));
+        // A body that grows past the limit is not waited for.
+        let (mut exchange, _) = start(&no_token, false);
+        let step = exchange.on_body(&c, 4097, false, || Err(()));
+        assert_eq!(answer(&step), (401, "token-missing".into()));
+        // A declared length over the limit is answered at once.
+        let too_long = Request {
+            content_length: Some("5000"),
+            ..valid()
+        };
+        assert_eq!(
+            answer(&start(&too_long, false).1),
+            (413, "payload-too-large".into())
+        );
     }
 
     #[test]
@@ -779,7 +835,7 @@ mod mode_tests {
         let (_, step) = Exchange::start(
             &config,
             state,
-            &head(&auth, Some("text/html"), false),
+            &head(&auth, Some("text/html"), true),
             "id".into(),
             NOW_MS,
         );
@@ -799,12 +855,22 @@ mod mode_tests {
                 NOW_MS,
             )
         };
-        let (mut ex, _) = start(Some("text/html"), false);
+        let (mut ex, _) = start(Some("text/html"), true);
         assert_eq!(
             code(&ex.on_answer(&config, None, Some(200), br#"{"active":false}"#, NOW_MS)),
             "token-inactive"
         );
+        // The body is still arriving when the verdict is known: answered when it ends.
         let (mut ex, _) = start(Some("text/html"), false);
+        assert!(matches!(
+            ex.on_answer(&config, None, Some(200), br#"{"active":false}"#, NOW_MS),
+            Step::Wait
+        ));
+        assert_eq!(
+            code(&ex.on_body(&config, 3, true, || Err(()))),
+            "token-inactive"
+        );
+        let (mut ex, _) = start(Some("text/html"), true);
         assert_eq!(
             code(&ex.on_answer(&config, None, Some(200), &active(), NOW_MS)),
             "not-acceptable"
@@ -836,7 +902,7 @@ mod mode_tests {
             upstream(&ex.on_body(&config, body.len(), true, || Ok(body))),
             Some(Upstream::CredentialService)
         );
-        let (mut ex, _) = start(None, false);
+        let (mut ex, _) = start(None, true);
         assert_eq!(
             code(&ex.on_answer(&config, None, Some(504), b"", NOW_MS)),
             "introspection-timeout"
@@ -864,17 +930,18 @@ mod mode_tests {
                 content_type: Some("application/json"),
                 content_length: None,
                 verified_claims: claims.map(|c| c.as_object().unwrap().clone()),
-                end_of_stream: false,
+                end_of_stream: true,
             };
             Exchange::start(&config, TokenState::default(), &head, "id".into(), NOW_MS).1
         };
-        assert!(matches!(
-            verified(
+        assert_eq!(
+            code(&verified(
                 Some(json!({"sub": "u", "scope": "user:otp:create"})),
                 Some("Bearer x")
-            ),
-            Step::Wait
-        ));
+            )),
+            "body-not-json",
+            "past the token checks, to the (empty) body"
+        );
         assert_eq!(code(&verified(None, Some("Bearer x"))), "token-rejected");
         assert_eq!(code(&verified(None, None)), "token-missing");
         assert_eq!(

@@ -528,7 +528,7 @@ fn http2_cleartext() {
     let curl = |extra: &[&str]| {
         let out = std::process::Command::new("curl")
             .args([
-                "-s",
+                "-sS",
                 "--http2-prior-knowledge",
                 "-D",
                 "-",
@@ -543,11 +543,19 @@ fn http2_cleartext() {
             .arg(&url)
             .output()
             .expect("curl (install it: apt-get install curl)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        format!(
+            "{}\n(curl {}: {})",
+            String::from_utf8_lossy(&out.stdout),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
     };
     let ok = curl(&["-H", &format!("authorization: Bearer {}", token())]);
     assert!(ok.starts_with("HTTP/2 201"), "{ok}");
     assert!(ok.contains("\"otp\":\""), "{ok}");
+    // The filter answers errors once the request body has ended, so the h2 stream ends cleanly
+    // (an answer sent while the client is still sending ends in a reset, which curl reports as
+    // error 92).
     let denied = curl(&[]);
     assert!(denied.starts_with("HTTP/2 401"), "{denied}");
     assert!(denied.contains("\"code\":\"token-missing\""), "{denied}");
@@ -667,4 +675,46 @@ fn no_secret_reaches_the_log() {
         });
         assert!(!bounded, "the log contains the PIN {pin}");
     }
+}
+
+#[test]
+fn errors_keep_the_connection_open() {
+    let stack = Stack::start();
+    let mut conn = Conn::open(stack.envoy.port);
+    let body = r#"{"pin":"8299"}"#;
+    // A 401 with a body in flight, then a 406 and a 201 on the same HTTP/1.1 connection.
+    let r = conn.exchange(&request(
+        "POST",
+        OTP_PATH,
+        &[("content-type", "application/json")],
+        Some(body),
+    ));
+    assert_error(&r, 401, "token-missing");
+    assert_eq!(
+        r.header("connection"),
+        None,
+        "no connection: close after an error"
+    );
+    let auth = format!("Bearer {}", token());
+    let r = conn.exchange(&request(
+        "POST",
+        OTP_PATH,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("accept", "text/html"),
+        ],
+        Some(body),
+    ));
+    assert_error(&r, 406, "not-acceptable");
+    let r = conn.exchange(&request(
+        "POST",
+        OTP_PATH,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        Some(body),
+    ));
+    assert_created(&r);
 }
