@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::introspection::IntrospectionSettings;
 use crate::jwk::{Algorithm, Key, KeySet};
 use crate::jwks::RemoteJwksSettings;
-use crate::otp::{HmacAlgorithm, OtpSettings};
+use crate::otp::{HmacAlgorithm, MasterKey, OtpSettings};
 use crate::secret::Secret;
 use crate::token::{LinkedIdentityRule, TokenSettings, TokenSource};
 
@@ -42,7 +42,7 @@ impl std::fmt::Debug for Config {
             f,
             "routes={} max_body_bytes={} credential_service: cluster={} authority={} path={} timeout={}ms auth_header={} \
              token: issuer={} audiences={} scope={} leeway={}s user_id_claim={} keys={} \
-             otp: {} digits, {:?}, step {}s, lifetime {}s, master key {} bytes",
+             otp: {} digits, {:?}, step {}s, lifetime {}s, master keys {} (active \"{}\")",
             self.routes.len(),
             self.max_body_bytes,
             self.credential_service.cluster,
@@ -60,7 +60,8 @@ impl std::fmt::Debug for Config {
             self.otp.algorithm,
             self.otp.step_seconds,
             self.otp.lifetime_seconds,
-            self.otp.master_key.len(),
+            self.otp.keys.len(),
+            self.otp.keys.get(self.otp.active).map_or("", |k| k.id.as_str()),
         )
     }
 }
@@ -543,34 +544,113 @@ fn otp_section(
             format!("must be a whole multiple of step_seconds ({step_seconds})"),
         );
     }
-    let variable = s.string("master_key_env", Some("OTP_MASTER_KEY"));
+    let single_key = s.take("master_key_env");
+    let key_list = s.take("master_keys");
+    let active_id = s.take("active_key");
     s.finish();
 
-    let master_key = env_secret(env, "otp.master_key_env", &variable, problems)
-        .and_then(|encoded| match STANDARD.decode(encoded.trim()) {
-            Ok(key) if key.len() >= 32 => Some(key),
-            Ok(key) => {
-                problems.push(format!(
-                    "otp.master_key_env: the key in {variable} decodes to {} bytes, at least 32 required",
-                    key.len()
-                ));
-                None
+    // One key (`master_key_env`, id "default") or several with ids (`master_keys` + `active_key`).
+    let mut keys = Vec::new();
+    let mut active = 0;
+    match (single_key, key_list) {
+        (Some(_), Some(_)) => {
+            problems.push("otp: set either master_key_env or master_keys, not both".into())
+        }
+        (single, None) => {
+            let variable = match single {
+                None => "OTP_MASTER_KEY".to_string(),
+                Some(Value::String(v)) if !v.is_empty() => v,
+                Some(_) => {
+                    problems.push("otp.master_key_env: must be a non-empty string".into());
+                    String::new()
+                }
+            };
+            if active_id.is_some() {
+                problems.push("otp.active_key: only used with master_keys".into());
             }
-            Err(_) => {
-                problems.push(format!(
-                    "otp.master_key_env: the key in {variable} is not standard base64 (make one with `openssl rand -base64 32`)"
-                ));
-                None
+            if let Some(key) = master_key(env, "otp.master_key_env", &variable, problems) {
+                keys.push(MasterKey {
+                    id: "default".into(),
+                    key,
+                });
             }
-        })
-        .unwrap_or_default();
+        }
+        (None, Some(Value::Array(entries))) if !entries.is_empty() => {
+            for (i, entry) in entries.iter().enumerate() {
+                let at = format!("otp.master_keys[{i}]");
+                let id = entry
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty());
+                let variable = entry
+                    .get("key_env")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty());
+                let extra = entry.as_object().map_or(0, |o| {
+                    o.keys().filter(|k| *k != "id" && *k != "key_env").count()
+                });
+                match (id, variable) {
+                    (Some(id), Some(variable)) if extra == 0 => {
+                        if keys.iter().any(|k: &MasterKey| k.id == id) {
+                            problems.push(format!("{at}.id: duplicate id \"{id}\""));
+                        } else if let Some(key) =
+                            master_key(env, &format!("{at}.key_env"), variable, problems)
+                        {
+                            keys.push(MasterKey {
+                                id: id.to_string(),
+                                key,
+                            });
+                        }
+                    }
+                    _ => problems.push(format!(
+                        "{at}: must be {{\"id\": string, \"key_env\": string}}"
+                    )),
+                }
+            }
+            match active_id.as_ref().and_then(Value::as_str) {
+                Some(id) => match keys.iter().position(|k| k.id == id) {
+                    Some(i) => active = i,
+                    None => problems.push(format!("otp.active_key: no master key has id \"{id}\"")),
+                },
+                None => problems.push("otp.active_key: is required with master_keys".into()),
+            }
+        }
+        (None, Some(_)) => problems.push("otp.master_keys: must be a non-empty array".into()),
+    }
 
     OtpSettings {
         digits,
         algorithm,
         step_seconds,
         lifetime_seconds,
-        master_key: Secret::from_bytes(master_key),
+        keys,
+        active,
+    }
+}
+
+/// A master key from the environment: standard base64 of at least 32 bytes.
+fn master_key(
+    env: &dyn Fn(&str) -> Option<String>,
+    at: &str,
+    variable: &str,
+    problems: &mut Vec<String>,
+) -> Option<Secret> {
+    let encoded = env_secret(env, at, variable, problems)?;
+    match STANDARD.decode(encoded.trim()) {
+        Ok(key) if key.len() >= 32 => Some(Secret::from_bytes(key)),
+        Ok(key) => {
+            problems.push(format!(
+                "{at}: the key in {variable} decodes to {} bytes, at least 32 required",
+                key.len()
+            ));
+            None
+        }
+        Err(_) => {
+            problems.push(format!(
+                "{at}: the key in {variable} is not standard base64 (make one with `openssl rand -base64 32`)"
+            ));
+            None
+        }
     }
 }
 
@@ -619,7 +699,11 @@ mod tests {
         assert_eq!(c.otp.digits, 6);
         assert_eq!(c.otp.algorithm, HmacAlgorithm::Sha256);
         assert_eq!((c.otp.step_seconds, c.otp.lifetime_seconds), (60, 300));
-        assert_eq!(c.otp.master_key.len(), 32);
+        assert_eq!(c.otp.keys.len(), 1);
+        assert_eq!(
+            (c.otp.keys[0].id.as_str(), c.otp.keys[0].key.len()),
+            ("default", 32)
+        );
     }
 
     #[test]
@@ -750,10 +834,56 @@ mod tests {
     }
 
     #[test]
+    fn master_keys_rotate_by_id() {
+        let env = |name: &str| match name {
+            "K1" | "K2" => Some(testkit::MASTER_KEY_B64.to_string()),
+            other => testkit::env(other),
+        };
+        let mut value = config_json();
+        value["otp"] = json!({"master_keys": [{"id": "k2", "key_env": "K2"}, {"id": "k1", "key_env": "K1"}], "active_key": "k1"});
+        let c = parse(value.to_string().as_bytes(), &env).unwrap();
+        assert_eq!(
+            c.otp.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+            ["k2", "k1"]
+        );
+        assert_eq!(c.otp.active, 1);
+        value["otp"] = json!({"master_keys": [{"id": "k1", "key_env": "K1"}, {"id": "k1", "key_env": "K2"}, {"id": "k3"}], "active_key": "k9", "master_key_env": "X"});
+        let message = match parse(value.to_string().as_bytes(), &env) {
+            Err(m) => m,
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(
+            message.contains("otp: set either master_key_env or master_keys, not both"),
+            "{message}"
+        );
+        value["otp"]
+            .as_object_mut()
+            .unwrap()
+            .remove("master_key_env");
+        let message = match parse(value.to_string().as_bytes(), &env) {
+            Err(m) => m,
+            Ok(_) => panic!("accepted"),
+        };
+        for expected in [
+            "otp.master_keys[1].id: duplicate id \"k1\"",
+            "otp.master_keys[2]: must be {\"id\": string, \"key_env\": string}",
+            "otp.active_key: no master key has id \"k9\"",
+        ] {
+            assert!(
+                message.contains(expected),
+                "missing {expected:?} in {message}"
+            );
+        }
+    }
+
+    #[test]
     fn debug_output_never_contains_secrets() {
         let c = testkit::config();
         let printed = format!("{c:?}");
-        assert!(printed.contains("master key 32 bytes"), "{printed}");
+        assert!(
+            printed.contains("master keys 1 (active \"default\")"),
+            "{printed}"
+        );
         for secret in [
             testkit::MASTER_KEY_B64,
             "Bearer callout",

@@ -4,6 +4,11 @@
 //! Validity: a code minted in time step `T` is accepted by verification while the current step is in
 //! `T ..= T + lifetime/step - 1`, so it expires at the start of step `T + lifetime/step`. That instant
 //! is `expiresAt`. A code therefore lives between `lifetime - step` and `lifetime` seconds.
+//!
+//! Key rotation: several master keys may be configured, each with an id. New codes use the active
+//! key; verification accepts a code made with any configured key until that key is removed. Each
+//! key multiplies the candidates a guess is compared with: one guess is accepted by chance with
+//! probability `keys × lifetime/step / 10^digits` (1 key, 5 steps, 6 digits: 1 in 200,000).
 
 use hmac::{Mac, SimpleHmac};
 use sha1::Sha1;
@@ -54,7 +59,21 @@ pub struct OtpSettings {
     pub algorithm: HmacAlgorithm,
     pub step_seconds: u64,
     pub lifetime_seconds: u64,
-    pub master_key: Secret,
+    /// Master keys by id; never empty once validated.
+    pub keys: Vec<MasterKey>,
+    /// Index into `keys` of the key new codes are made with.
+    pub active: usize,
+}
+
+pub struct MasterKey {
+    pub id: String,
+    pub key: Secret,
+}
+
+impl OtpSettings {
+    fn windows(&self) -> u64 {
+        (self.lifetime_seconds / self.step_seconds.max(1)).max(1)
+    }
 }
 
 /// RFC 4226 §5.3: HMAC over the 8-byte big-endian counter, dynamic truncation, modulo 10^digits.
@@ -76,12 +95,8 @@ pub fn format_code(value: u32, digits: u32) -> String {
 }
 
 /// `K_user = HMAC(master, user id)`: a code for one user says nothing about another's.
-pub fn user_key(settings: &OtpSettings, user_id: &str) -> Secret {
-    Secret::from_bytes(
-        settings
-            .algorithm
-            .hmac(settings.master_key.expose(), user_id.as_bytes()),
-    )
+pub fn user_key(algorithm: HmacAlgorithm, master: &Secret, user_id: &str) -> Secret {
+    Secret::from_bytes(algorithm.hmac(master.expose(), user_id.as_bytes()))
 }
 
 /// A freshly minted code and the instant verification starts refusing it.
@@ -99,13 +114,58 @@ impl Minted {
 pub fn mint(settings: &OtpSettings, user_id: &str, now_ms: u64) -> Option<Minted> {
     let step = settings.step_seconds.max(1);
     let counter = now_ms / 1000 / step;
-    let key = user_key(settings, user_id);
+    let master = settings.keys.get(settings.active)?;
+    let key = user_key(settings.algorithm, &master.key, user_id);
     let value = hotp(settings.algorithm, key.expose(), counter, settings.digits)?;
-    let windows = (settings.lifetime_seconds / step).max(1);
-    let expires_at_ms = (counter + windows).checked_mul(step)?.checked_mul(1000)?;
+    let expires_at_ms = expiry_ms(settings, counter)?;
     Some(Minted {
         code: Secret::new(format_code(value, settings.digits)),
         expires_at_ms,
+    })
+}
+
+fn expiry_ms(settings: &OtpSettings, counter: u64) -> Option<u64> {
+    (counter.checked_add(settings.windows())?)
+        .checked_mul(settings.step_seconds.max(1))?
+        .checked_mul(1000)
+}
+
+/// Which key and time step a verified code was made with: together with the user they identify
+/// the code for the single-use ledger.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Match {
+    pub key_id: String,
+    pub counter: u64,
+    pub expires_at_ms: u64,
+}
+
+/// Checks `code` against every configured key and every step still accepted now. Every candidate
+/// is computed and compared in constant time, so the time taken says nothing about which (if any)
+/// matched.
+pub fn verify(settings: &OtpSettings, user_id: &str, code: &str, now_ms: u64) -> Option<Match> {
+    if code.len() != settings.digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let step = settings.step_seconds.max(1);
+    let now_counter = now_ms / 1000 / step;
+    let oldest = now_counter.saturating_sub(settings.windows() - 1);
+    let mut found = None;
+    for master in &settings.keys {
+        let key = user_key(settings.algorithm, &master.key, user_id);
+        for counter in oldest..=now_counter {
+            let candidate = hotp(settings.algorithm, key.expose(), counter, settings.digits)
+                .map(|v| format_code(v, settings.digits));
+            let equal = candidate.is_some_and(|c| Secret::new(c).ct_eq(code.as_bytes()));
+            if equal && found.is_none() {
+                found = Some((master.id.clone(), counter));
+            }
+        }
+    }
+    let (key_id, counter) = found?;
+    Some(Match {
+        key_id,
+        counter,
+        expires_at_ms: expiry_ms(settings, counter)?,
     })
 }
 
@@ -159,8 +219,70 @@ mod tests {
             algorithm: HmacAlgorithm::Sha256,
             step_seconds: step,
             lifetime_seconds: lifetime,
-            master_key: Secret::from_bytes(vec![7; 32]),
+            keys: vec![MasterKey {
+                id: "k1".into(),
+                key: Secret::from_bytes(vec![7; 32]),
+            }],
+            active: 0,
         }
+    }
+
+    #[test]
+    fn verification_accepts_the_lifetime_and_nothing_else() {
+        let s = settings(60, 300);
+        let minted = mint(&s, "demo-user", 1_800_000_012_345).unwrap();
+        let code = minted.code.expose_str().to_string();
+        let at = |ms| verify(&s, "demo-user", &code, ms);
+        let m = at(1_800_000_012_345).expect("valid at once");
+        assert_eq!(
+            (m.key_id.as_str(), m.counter, m.expires_at_ms),
+            ("k1", 30_000_000, minted.expires_at_ms)
+        );
+        assert!(
+            at(minted.expires_at_ms - 1).is_some(),
+            "valid until expiresAt"
+        );
+        assert!(
+            at(minted.expires_at_ms).is_none(),
+            "refused from expiresAt on"
+        );
+        assert!(verify(&s, "other-user", &code, 1_800_000_012_345).is_none());
+        assert!(
+            verify(&s, "demo-user", "12345", 1_800_000_012_345).is_none(),
+            "wrong length"
+        );
+        assert!(verify(&s, "demo-user", "12345a", 1_800_000_012_345).is_none());
+        assert!(verify(&s, "demo-user", &format!("{code} "), 1_800_000_012_345).is_none());
+    }
+
+    #[test]
+    fn rotation_keeps_old_codes_valid_until_their_key_is_removed() {
+        let mut s = settings(60, 300);
+        let old = mint(&s, "u", 1_800_000_000_000).unwrap();
+        s.keys.insert(
+            0,
+            MasterKey {
+                id: "k2".into(),
+                key: Secret::from_bytes(vec![9; 32]),
+            },
+        );
+        s.active = 0;
+        let new = mint(&s, "u", 1_800_000_000_000).unwrap();
+        assert_ne!(old.code.expose(), new.code.expose());
+        assert_eq!(
+            verify(&s, "u", new.code.expose_str(), 1_800_000_000_000)
+                .unwrap()
+                .key_id,
+            "k2"
+        );
+        assert_eq!(
+            verify(&s, "u", old.code.expose_str(), 1_800_000_000_000)
+                .unwrap()
+                .key_id,
+            "k1"
+        );
+        s.keys.retain(|k| k.id == "k2");
+        assert!(verify(&s, "u", old.code.expose_str(), 1_800_000_000_000).is_none());
     }
 
     #[test]

@@ -188,6 +188,16 @@ fn attacks_and_malformations_are_refused_with_401() {
             "token-malformed",
         ),
         ("empty token", String::new(), "token-malformed"),
+        (
+            "signed payload that is not an object",
+            token_with(&["--payload", "[1]"]),
+            "token-malformed",
+        ),
+        (
+            "signed payload that is a JSON string",
+            token_with(&["--payload", "\"text\""]),
+            "token-malformed",
+        ),
     ];
     for (name, token, code) in &cases {
         let r = post_with_auth(port, &format!("Bearer {token}"));

@@ -34,8 +34,9 @@ use sha2::{Sha256, Sha384, Sha512};
 
 const USAGE: &str = "usage (DEV-ONLY keys and tokens):
   demo-token [--alg RS256|RS384|RS512|PS256|ES256|ES384|EdDSA|HS256] [--key PATH] [--kid KID]
-             [--secret VALUE] [--claims JSON] [--header JSON]
-      prints a compact JWS; --claims/--header objects merge over the defaults, null removes a key
+             [--secret VALUE] [--claims JSON] [--header JSON] [--payload JSON]
+      prints a compact JWS; --claims/--header objects merge over the defaults, null removes a key;
+      --payload replaces the claims with any JSON (for malformed-token tests)
       defaults: --alg RS256; key envoy/dev-keys/<alg>-DEV-ONLY.pem and kid dev-<alg> (alg in
                 lower case; EdDSA uses ed25519), HS256 kid dev-hs256 (needs --secret)
   demo-token jwks [ALG:KID:PATH ...]
@@ -123,6 +124,8 @@ struct MintArgs {
     secret: Option<String>,
     claims: Option<String>,
     header: Option<String>,
+    /// Replaces the claims with any JSON value, for tokens that must be malformed inside.
+    payload: Option<String>,
 }
 
 /// One key of a `jwks` listing.
@@ -201,6 +204,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             "--secret" => &mut out.secret,
             "--claims" => &mut out.claims,
             "--header" => &mut out.header,
+            "--payload" => &mut out.payload,
             other => return Err(format!("unknown argument {other:?}")),
         };
         if slot.is_some() {
@@ -480,7 +484,7 @@ fn ec_jwk<T: AsRef<[u8]>>(
 fn compact_jws(
     key: &SigningKey,
     header: &Map<String, Value>,
-    claims: &Map<String, Value>,
+    claims: &Value,
 ) -> Result<String, String> {
     let header = serde_json::to_vec(header).map_err(|e| format!("header: {e}"))?;
     let claims = serde_json::to_vec(claims).map_err(|e| format!("claims: {e}"))?;
@@ -530,8 +534,12 @@ fn mint(args: MintArgs, now: u64) -> Result<String, String> {
     if let Some(c) = &args.claims {
         merge(&mut claims, parse_object("--claims", c)?);
     }
+    let payload = match &args.payload {
+        Some(raw) => serde_json::from_str(raw).map_err(|e| format!("--payload: {e}"))?,
+        None => Value::Object(claims),
+    };
 
-    compact_jws(&key, &header, &claims)
+    compact_jws(&key, &header, &payload)
 }
 
 /// The JWKS of `specs`, in order; with none, the standard dev set (one key per asymmetric
