@@ -11,20 +11,21 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
-
-use crate::config::{self, Config};
-use crate::credential::MAX_ANSWER_BYTES;
-use crate::failure::Failure;
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 use serde_json::{Map, Value};
 
 use crate::claims_cache::ClaimsCache;
-use crate::credential::Upstream;
-use crate::flow::{self, Exchange, RequestHead, Step, TokenState};
+use crate::config::{self, Config, OtpSource};
+use crate::credential::{Upstream, MAX_ANSWER_BYTES};
+use crate::failure::Failure;
+use crate::flow::{self, Ctx, Exchange, RequestHead, Route, Step, TokenState};
 use crate::introspection::MAX_ANSWER_BYTES as MAX_INTROSPECTION_BYTES;
 use crate::jsonapi::{self, Reply};
 use crate::jwks::{RemoteJwks, MAX_JWKS_BYTES};
 use crate::request_id::{self, XidGenerator};
+use crate::shared_store::{SharedStore, StoreError};
+use crate::single_use;
+use crate::throttle;
 use crate::token::TokenSource;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -58,11 +59,32 @@ struct Root {
     /// Tokens already verified (signature, or introspection), shared with this VM's streams.
     verified: Option<Rc<RefCell<ClaimsCache>>>,
     ids: Rc<RefCell<XidGenerator>>,
+    last_sweep_ms: u64,
 }
 
 /// How often the root context checks whether the JWKS is due for a fetch. The check is a few
 /// comparisons; the fetch schedule itself lives in `RemoteJwks`.
 const TICK: Duration = Duration::from_millis(500);
+
+/// How often expired single-use records and forgotten throttle records are swept.
+const SWEEP_EVERY_MS: u64 = 30_000;
+
+/// Envoy's shared data: one key-value store for all VMs with the same `vm_id` (all workers).
+struct EnvoyStore;
+
+impl SharedStore for EnvoyStore {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        hostcalls::get_shared_data(key).map_err(|_| StoreError::Host)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(_) => Err(StoreError::Host),
+        }
+    }
+}
 
 impl Root {
     fn new() -> Self {
@@ -76,6 +98,26 @@ impl Root {
             remote: None,
             verified: None,
             ids: Rc::new(RefCell::new(XidGenerator::new(seed))),
+            last_sweep_ms: 0,
+        }
+    }
+
+    /// Drops expired single-use records and forgotten throttle records, every SWEEP_EVERY_MS.
+    fn sweep_if_due(&mut self) {
+        let Some(config) = &self.config else { return };
+        let now = now_ms();
+        if now.saturating_sub(self.last_sweep_ms) < SWEEP_EVERY_MS {
+            return;
+        }
+        self.last_sweep_ms = now;
+        let used = single_use::sweep(&EnvoyStore, &config.single_use, now);
+        let users = throttle::sweep(&EnvoyStore, &config.throttle, now);
+        match (used, users) {
+            (Ok(used), Ok(users)) => log(
+                LogLevel::Debug,
+                &format!("otp-filter: swept; {used} code(s) in the single-use ledger, {users} user(s) throttled"),
+            ),
+            _ => log(LogLevel::Warn, "otp-filter: sweeping the shared state failed"),
         }
     }
 
@@ -169,13 +211,21 @@ impl RootContext for Root {
                 );
                 if let Some(settings) = config.token.remote_jwks.clone() {
                     self.remote = Some(Rc::new(RefCell::new(RemoteJwks::new(settings))));
-                    if hostcalls::set_tick_period(TICK).is_err() {
-                        log(
-                            LogLevel::Critical,
-                            "otp-filter: cannot set a tick period to fetch the JWKS",
-                        );
-                        return false;
-                    }
+                }
+                // Every bucket exists before the first request, so requests only ever update
+                // existing keys, which is what Envoy's compare-and-swap makes atomic.
+                let initialized = single_use::initialize(&EnvoyStore, &config.single_use)
+                    .and_then(|_| throttle::initialize(&EnvoyStore, &config.throttle));
+                if initialized.is_err() {
+                    log(
+                        LogLevel::Critical,
+                        "otp-filter: cannot create its shared state",
+                    );
+                    return false;
+                }
+                if hostcalls::set_tick_period(TICK).is_err() {
+                    log(LogLevel::Critical, "otp-filter: cannot set a tick period");
+                    return false;
                 }
                 let (entries, seconds) = match &config.token.source {
                     TokenSource::Jwt => (config.token.cache_entries, config.token.cache_seconds),
@@ -199,6 +249,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.fetch_jwks_if_due();
+        self.sweep_if_due();
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
@@ -290,10 +341,17 @@ impl Http {
             return Ok(Action::Pause);
         };
         let path = request_header(":path")?.unwrap_or_default();
-        if !flow::serves_path(&config, &path) {
-            return Ok(Action::Continue);
-        }
         let method = request_header(":method")?.unwrap_or_default();
+        let Some(route) = flow::route(&config, &method, &path) else {
+            return Ok(Action::Continue);
+        };
+        let otp_header = match route {
+            Route::Gate(i) => match config.gates.get(i).map(|g| &g.otp_from) {
+                Some(OtpSource::Header(name)) => request_header(name)?,
+                _ => None,
+            },
+            _ => None,
+        };
         let authorization = request_header("authorization")?;
         let accept = request_header("accept")?;
         let content_type = request_header("content-type")?;
@@ -315,6 +373,7 @@ impl Http {
             accept: accept.as_deref(),
             content_type: content_type.as_deref(),
             content_length: content_length.as_deref(),
+            otp_header: otp_header.as_deref(),
             end_of_stream,
         };
         let mut remote = self.remote.as_ref().map(|r| r.borrow_mut());
@@ -323,7 +382,12 @@ impl Http {
             remote_jwks: remote.as_deref_mut(),
             verified: cache.as_deref_mut(),
         };
-        let (exchange, step) = Exchange::start(&config, state, &head, id, now);
+        let ctx = Ctx {
+            config: &config,
+            store: &EnvoyStore,
+            now_ms: now,
+        };
+        let (exchange, step) = Exchange::start(&ctx, route, state, &head, id);
         drop((remote, cache));
         self.exchange = Some(exchange);
         Ok(self.perform(&config, step))
@@ -334,15 +398,17 @@ impl Http {
             return Action::Continue;
         };
         let size = self.buffered;
-        let step = exchange.on_body(
-            &config,
-            size,
-            end_of_stream,
-            || match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
+        let ctx = Ctx {
+            config: &config,
+            store: &EnvoyStore,
+            now_ms: now_ms(),
+        };
+        let step = exchange.on_body(&ctx, size, end_of_stream, || {
+            match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
                 Ok(body) => Ok(body.unwrap_or_default()),
                 Err(_) => Err(()),
-            },
-        );
+            }
+        });
         self.perform(&config, step)
     }
 
@@ -353,6 +419,16 @@ impl Http {
         };
         match step {
             Step::Wait => Action::Pause,
+            Step::Continue => {
+                log(
+                    LogLevel::Debug,
+                    &format!(
+                        "otp-filter request-id={}: gate passed",
+                        exchange.request_id()
+                    ),
+                );
+                Action::Continue
+            }
             Step::Call(call) => {
                 let headers: Vec<(&str, &str)> = call
                     .headers
@@ -431,10 +507,24 @@ impl Context for Http {
         };
         let (status, body) =
             call_response(body_size, MAX_ANSWER_BYTES.max(MAX_INTROSPECTION_BYTES));
+        let ctx = Ctx {
+            config: &config,
+            store: &EnvoyStore,
+            now_ms: now_ms(),
+        };
         let mut cache = self.verified.as_ref().map(|c| c.borrow_mut());
-        let step = exchange.on_answer(&config, cache.as_deref_mut(), status, &body, now_ms());
+        let step = exchange.on_answer(&ctx, cache.as_deref_mut(), status, &body);
         drop(cache);
-        self.perform(&config, step);
+        // Outside the request's own callbacks, letting it go on takes an explicit resume.
+        if self.perform(&config, step) == Action::Continue
+            && hostcalls::resume_http_request().is_err()
+        {
+            log(
+                LogLevel::Error,
+                "otp-filter: could not resume a request after its gate passed",
+            );
+            let _ = hostcalls::reset_http_request();
+        }
     }
 }
 

@@ -13,6 +13,8 @@ use crate::jwk::{Algorithm, Key, KeySet};
 use crate::jwks::RemoteJwksSettings;
 use crate::otp::{HmacAlgorithm, MasterKey, OtpSettings};
 use crate::secret::Secret;
+use crate::single_use::LedgerSettings;
+use crate::throttle::ThrottleSettings;
 use crate::token::{LinkedIdentityRule, TokenSettings, TokenSource};
 
 pub const DEFAULT_API_VERSIONS: [&str; 5] = ["2021-2", "2022-1", "2024-1", "2024-2", "2025-1"];
@@ -20,10 +22,33 @@ pub const DEFAULT_API_VERSIONS: [&str; 5] = ["2021-2", "2022-1", "2024-1", "2024
 pub struct Config {
     /// Exact paths served, `/user/<version>/user/otp`, one per configured API version.
     pub routes: Vec<String>,
+    /// `/user/<version>/user/otp/verify`, one per configured API version.
+    pub verify_routes: Vec<String>,
+    /// Routes that need a valid OTP before they go upstream.
+    pub gates: Vec<Gate>,
     pub max_body_bytes: usize,
     pub credential_service: CredentialServiceSettings,
     pub token: TokenSettings,
     pub otp: OtpSettings,
+    pub single_use: LedgerSettings,
+    pub throttle: ThrottleSettings,
+}
+
+/// A route that requires a valid one-time password (PIN change, payment authorization).
+pub struct Gate {
+    pub method: String,
+    pub path: String,
+    /// Match `path` as a prefix rather than exactly.
+    pub prefix: bool,
+    pub otp_from: OtpSource,
+    pub max_body_bytes: usize,
+}
+
+pub enum OtpSource {
+    /// A request header (lower-case name).
+    Header(String),
+    /// A JSON pointer into the JSON request body, e.g. `/data/attributes/otp`.
+    BodyPointer(String),
 }
 
 pub struct CredentialServiceSettings {
@@ -211,23 +236,35 @@ pub fn parse(text: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config
         .iter()
         .map(|v| format!("/user/{v}/user/otp"))
         .collect();
+    let verify_routes = versions
+        .iter()
+        .map(|v| format!("/user/{v}/user/otp/verify"))
+        .collect();
     let max_body_bytes = top.integer("max_body_bytes", 4096, 64, 65_536) as usize;
     let credential = top.take("credential_service");
     let token = top.take("token");
     let otp = top.take("otp");
+    let throttle = top.take("throttle");
+    let gates = top.take("gates");
     top.finish();
 
     let credential_service = credential_section(credential, env, &mut problems);
     let token = token_section(token, env, &mut problems);
-    let otp = otp_section(otp, env, &mut problems);
+    let (otp, single_use) = otp_section(otp, env, &mut problems);
+    let throttle = throttle_section(throttle, &mut problems);
+    let gates = gates_section(gates, &mut problems);
 
     if problems.is_empty() {
         Ok(Config {
             routes,
+            verify_routes,
+            gates,
             max_body_bytes,
             credential_service,
             token,
             otp,
+            single_use,
+            throttle,
         })
     } else {
         Err(format!(
@@ -528,7 +565,7 @@ fn otp_section(
     value: Option<Value>,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
-) -> OtpSettings {
+) -> (OtpSettings, LedgerSettings) {
     let mut s = Section::new("otp", value, problems);
     let digits = s.integer("digits", 6, 6, 10) as u32;
     let algorithm_name = s.string("algorithm", Some("SHA256"));
@@ -547,7 +584,16 @@ fn otp_section(
     let single_key = s.take("master_key_env");
     let key_list = s.take("master_keys");
     let active_id = s.take("active_key");
+    let verify_scope = s.string("verify_scope", Some("user:otp:verify"));
+    let single_use = s.take("single_use");
     s.finish();
+
+    let mut u = Section::new("otp.single_use", single_use, problems);
+    let ledger = LedgerSettings {
+        max_entries: u.integer("max_entries", 100_000, 1, 10_000_000) as usize,
+        buckets: u.integer("buckets", 256, 1, 4096) as usize,
+    };
+    u.finish();
 
     // One key (`master_key_env`, id "default") or several with ids (`master_keys` + `active_key`).
     let mut keys = Vec::new();
@@ -618,14 +664,100 @@ fn otp_section(
         (None, Some(_)) => problems.push("otp.master_keys: must be a non-empty array".into()),
     }
 
-    OtpSettings {
+    let settings = OtpSettings {
         digits,
         algorithm,
         step_seconds,
         lifetime_seconds,
         keys,
         active,
+        verify_scope,
+    };
+    (settings, ledger)
+}
+
+fn throttle_section(value: Option<Value>, problems: &mut Vec<String>) -> ThrottleSettings {
+    let mut t = Section::new("throttle", value, problems);
+    let settings = ThrottleSettings {
+        max_failures: t.integer("max_failures", 5, 1, 100) as u32,
+        base_lock: Duration::from_secs(t.integer("base_lock_seconds", 60, 1, 86_400)),
+        max_lock: Duration::from_secs(t.integer("max_lock_seconds", 86_400, 1, 7 * 86_400)),
+        forget_after: Duration::from_secs(t.integer(
+            "forget_after_seconds",
+            86_400,
+            60,
+            30 * 86_400,
+        )),
+        max_users: t.integer("max_users", 100_000, 1, 10_000_000) as usize,
+        buckets: t.integer("buckets", 256, 1, 4096) as usize,
+    };
+    if settings.max_lock < settings.base_lock {
+        t.problem(
+            "max_lock_seconds",
+            "must not be less than base_lock_seconds",
+        );
     }
+    t.finish();
+    settings
+}
+
+fn gates_section(value: Option<Value>, problems: &mut Vec<String>) -> Vec<Gate> {
+    let entries = match value {
+        None => return Vec::new(),
+        Some(Value::Array(entries)) => entries,
+        Some(_) => {
+            problems.push("gates: must be an array".into());
+            return Vec::new();
+        }
+    };
+    let mut gates = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        // Section paths are static; gates are few, so each message names its index itself.
+        let mut local = Vec::new();
+        let mut g = Section::new("gate", Some(entry), &mut local);
+        let method = g.string("method", None).to_ascii_uppercase();
+        let path = g.string("path", None);
+        let prefix = match g.string("match", Some("exact")).as_str() {
+            "exact" => false,
+            "prefix" => true,
+            _ => {
+                g.problem("match", "must be \"exact\" or \"prefix\"");
+                false
+            }
+        };
+        let header = g.take("otp_header");
+        let pointer = g.take("otp_pointer");
+        let max_body_bytes = g.integer("max_body_bytes", 65_536, 64, 1_048_576) as usize;
+        g.finish();
+        if !path.starts_with('/') {
+            local.push("gate.path: must start with /".into());
+        }
+        let otp_from = match (header, pointer) {
+            (Some(Value::String(h)), None) if !h.is_empty() => {
+                Some(OtpSource::Header(h.to_ascii_lowercase()))
+            }
+            (None, Some(Value::String(p))) if p.starts_with('/') => Some(OtpSource::BodyPointer(p)),
+            _ => {
+                local.push("gate: set exactly one of otp_header (a header name) or otp_pointer (a JSON pointer like /data/attributes/otp)".into());
+                None
+            }
+        };
+        problems.extend(
+            local
+                .into_iter()
+                .map(|p| p.replacen("gate", &format!("gates[{i}]"), 1)),
+        );
+        if let Some(otp_from) = otp_from {
+            gates.push(Gate {
+                method,
+                path,
+                prefix,
+                otp_from,
+                max_body_bytes,
+            });
+        }
+    }
+    gates
 }
 
 /// A master key from the environment: standard base64 of at least 32 bytes.

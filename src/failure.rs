@@ -31,6 +31,12 @@ pub enum Failure {
     },
     InvalidCredentials,
     UserNotFound,
+    /// Verify route: the code is wrong, expired, already used or another user's.
+    OtpNotValid,
+    /// Gate: no valid code (PACE's payment convention `otp:invalid`).
+    OtpRequired,
+    SharedStateUnavailable,
+    SingleUseLedgerFull,
     MissingLinkedIdentity,
     CredentialServiceUnavailable,
     CredentialServiceTimeout,
@@ -65,7 +71,8 @@ impl Failure {
             PayloadTooLarge => 413,
             BodyNotJson | BodyInvalid(_) | FieldInvalid { .. } | CredentialsMissing => 422,
             Locked { .. } => 429,
-            InvalidCredentials | UserNotFound => 404,
+            InvalidCredentials | UserNotFound | OtpNotValid => 404,
+            OtpRequired => 403,
             CredentialServiceUnavailable
             | CredentialServiceTimeout
             | CredentialServiceError
@@ -75,6 +82,8 @@ impl Failure {
             | IntrospectionTimeout
             | IntrospectionError
             | IntrospectionBadAnswer
+            | SharedStateUnavailable
+            | SingleUseLedgerFull
             | Internal(_) => 500,
         }
     }
@@ -103,6 +112,10 @@ impl Failure {
             Locked { .. } => "too-many-attempts",
             InvalidCredentials => "invalid-credentials",
             UserNotFound => "user-not-found",
+            OtpNotValid => "otp-not-valid",
+            OtpRequired => "otp:invalid",
+            SharedStateUnavailable => "shared-state-unavailable",
+            SingleUseLedgerFull => "single-use-ledger-full",
             MissingLinkedIdentity => "missing-linked-identity",
             CredentialServiceUnavailable => "credential-service-unavailable",
             CredentialServiceTimeout => "credential-service-timeout",
@@ -139,6 +152,8 @@ impl Failure {
             Locked { .. } => "Too many attempts",
             InvalidCredentials => "Invalid PIN or password",
             UserNotFound => "User not found",
+            OtpNotValid => "One-time password not valid",
+            OtpRequired => "Invalid one-time password",
             MissingLinkedIdentity => "Missing linked identity for authorized access",
             CredentialServiceUnavailable
             | CredentialServiceTimeout
@@ -149,6 +164,8 @@ impl Failure {
             | IntrospectionTimeout
             | IntrospectionError
             | IntrospectionBadAnswer
+            | SharedStateUnavailable
+            | SingleUseLedgerFull
             | Internal(_) => "Internal server error",
         }
     }
@@ -176,6 +193,10 @@ impl Failure {
             Locked { .. } => "Too many failed attempts for this user; retry later.",
             InvalidCredentials => "Neither the password nor the PIN is valid for this user.",
             UserNotFound => "The credential store has no user for this token.",
+            OtpNotValid => "The one-time password is wrong, expired or already used.",
+            OtpRequired => "This request needs a valid one-time password.",
+            SharedStateUnavailable => "The filter's shared state could not be read or written.",
+            SingleUseLedgerFull => "Too many one-time passwords are in use; try again shortly.",
             MissingLinkedIdentity => {
                 "Linked identity is needed to access this resource, please check why the user does not have a linked identity"
             }

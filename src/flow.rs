@@ -1,9 +1,15 @@
 //! The request flow as a state machine, free of host calls. The adapter feeds it what Envoy says
-//! (headers, body progress, callout answers) and carries out the `Step` it returns.
+//! (headers, body progress, callout answers) and carries out the `Step` it returns. Shared state
+//! (the single-use ledger, the throttle) is reached through the `SharedStore` trait.
 //!
-//! Check order (NOTES.md, first failure wins): route and method 405, bearer token 401, scope 403,
-//! Accept 406, Content-Type 415, body size 413, body 422, then the credential service: password
-//! first, then PIN; 404 when neither is valid; finally mint and answer 201.
+//! Three kinds of route:
+//! - create (`/user/<v>/user/otp`). Check order (NOTES.md, first failure wins): method 405, bearer
+//!   token 401, scope 403, Accept 406, Content-Type 415, body size 413, body 422, throttle 429, then
+//!   the credential service (password first, then PIN; 404 when neither is valid), then mint, 201;
+//! - verify (`/user/<v>/user/otp/verify`): the same order up to the body, then throttle 429, then
+//!   the code: 204 when valid (and now used up), 404 when not;
+//! - gates (configured): token 401, then the code from a header or the JSON body: valid → the
+//!   request goes upstream unchanged and the code is used up; missing or invalid → 403 `otp:invalid`.
 //!
 //! With token introspection the token check waits for a callout. The later header checks are
 //! computed at once but reported only after the token passed, and a body that arrives meanwhile is
@@ -13,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::body::{self, Credentials};
 use crate::claims_cache::{token_hash, ClaimsCache, TokenHash};
-use crate::config::Config;
+use crate::config::{Config, OtpSource};
 use crate::credential::{self, Callout, SecretKind, Verdict};
 use crate::failure::Failure;
 use crate::introspection::{self, Answer};
@@ -22,7 +28,10 @@ use crate::jwks::RemoteJwks;
 use crate::negotiation;
 use crate::otp;
 use crate::secret::Secret;
-use crate::token::{self, TokenSource};
+use crate::shared_store::SharedStore;
+use crate::single_use::{self, Consumed, LedgerError};
+use crate::throttle::{self, Reservation};
+use crate::token::{self, TokenSource, Verified};
 
 /// The request headers the flow reads. Absent headers are `None`.
 pub struct RequestHead<'a> {
@@ -33,8 +42,17 @@ pub struct RequestHead<'a> {
     pub content_length: Option<&'a str>,
     /// In `jwt_authn` mode: the claims Envoy's `jwt_authn` verified, if it accepted a token.
     pub verified_claims: Option<Map<String, Value>>,
+    /// On a gate that takes the code from a header: that header.
+    pub otp_header: Option<&'a str>,
     /// True when the headers end the request (no body follows).
     pub end_of_stream: bool,
+}
+
+/// What every step may need besides the exchange itself.
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub store: &'a dyn SharedStore,
+    pub now_ms: u64,
 }
 
 /// Per-VM state the token check may use: the fetched JWKS and the cache of verified tokens
@@ -52,8 +70,42 @@ pub enum Step {
     Wait,
     /// Send this callout (to the credential service or the introspection endpoint) and wait.
     Call(Callout),
-    /// Answer the client and end the exchange. `outcome` is the error code or `"issued"`.
+    /// Let the request go upstream unchanged (a gate passed).
+    Continue,
+    /// Answer the client and end the exchange. `outcome` is the error code, or what succeeded.
     Reply { reply: Reply, outcome: &'static str },
+}
+
+/// Which of the filter's routes a request is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Create,
+    Verify,
+    /// Index into `Config::gates`.
+    Gate(usize),
+}
+
+/// The route a request is on, if the filter serves it (the query string is ignored).
+pub fn route(config: &Config, method: &str, path: &str) -> Option<Route> {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    if config.routes.iter().any(|r| r == path) {
+        return Some(Route::Create);
+    }
+    if config.verify_routes.iter().any(|r| r == path) {
+        return Some(Route::Verify);
+    }
+    config
+        .gates
+        .iter()
+        .position(|g| {
+            g.method.eq_ignore_ascii_case(method)
+                && if g.prefix {
+                    path.starts_with(&g.path)
+                } else {
+                    path == g.path
+                }
+        })
+        .map(Route::Gate)
 }
 
 enum Stage {
@@ -79,20 +131,17 @@ enum EarlyBody {
     Complete(Secret),
 }
 
-/// One request to the OTP route, from its headers to the reply.
+/// One request to one of the filter's routes, from its headers to the reply.
 pub struct Exchange {
+    route: Route,
     request_id: String,
     user_id: String,
     stage: Stage,
     /// The first failing check after the token (Accept, Content-Type, declared length).
     after_token: Option<Failure>,
     early_body: EarlyBody,
-}
-
-/// True when the path (ignoring any query string) is one the filter serves.
-pub fn serves_path(config: &Config, path: &str) -> bool {
-    let path = path.split(['?', '#']).next().unwrap_or(path);
-    config.routes.iter().any(|route| route == path)
+    /// A gate's code taken from a header at the start.
+    header_code: Option<Secret>,
 }
 
 /// Accept, Content-Type and the declared length, in that order.
@@ -113,31 +162,39 @@ fn check_representation(config: &Config, head: &RequestHead) -> Option<Failure> 
     None
 }
 
+fn store_failure(_: crate::shared_store::StoreError) -> Failure {
+    Failure::SharedStateUnavailable
+}
+
 impl Exchange {
     /// Starts the exchange at the request headers. `request_id` is the one the reply will carry.
     pub fn start(
-        config: &Config,
+        ctx: &Ctx,
+        route: Route,
         state: TokenState,
         head: &RequestHead,
         request_id: String,
-        now_ms: u64,
     ) -> (Self, Step) {
         let mut exchange = Exchange {
+            route,
             request_id,
             user_id: String::new(),
             stage: Stage::AwaitingBody,
             after_token: None,
             early_body: EarlyBody::None,
+            header_code: head.otp_header.map(|h| Secret::new(h.to_string())),
         };
-        if head.method != "POST" {
-            let step = exchange.fail_after_body(Failure::MethodNotAllowed, head.end_of_stream);
-            return (exchange, step);
+        if let Route::Create | Route::Verify = route {
+            if head.method != "POST" {
+                let step = exchange.fail_after_body(Failure::MethodNotAllowed, head.end_of_stream);
+                return (exchange, step);
+            }
+            exchange.after_token = check_representation(ctx.config, head);
         }
-        exchange.after_token = check_representation(config, head);
-        let step = match exchange.check_token(config, state, head, now_ms) {
+        let step = match exchange.check_token(ctx, state, head) {
             Err(failure) => exchange.fail_after_body(failure, head.end_of_stream),
             Ok(Some(call)) => Step::Call(call),
-            Ok(None) => exchange.token_passed(config, head.end_of_stream),
+            Ok(None) => exchange.token_passed(ctx, head.end_of_stream),
         };
         (exchange, step)
     }
@@ -146,27 +203,50 @@ impl Exchange {
         &self.request_id
     }
 
+    pub fn route(&self) -> Route {
+        self.route
+    }
+
+    /// The scope the route needs: create and verify have their own; gates need none (the upstream
+    /// authorizes the request itself).
+    fn scope<'c>(&self, config: &'c Config) -> Option<&'c str> {
+        match self.route {
+            Route::Create => Some(&config.token.required_scope),
+            Route::Verify => Some(&config.otp.verify_scope),
+            Route::Gate(_) => None,
+        }
+    }
+
+    fn accept_token(&mut self, config: &Config, verified: Verified) -> Result<(), Failure> {
+        self.user_id = verified.require_scope(self.scope(config))?.user_id;
+        Ok(())
+    }
+
     /// Verifies the token now, or returns the introspection callout that will.
     fn check_token(
         &mut self,
-        config: &Config,
+        ctx: &Ctx,
         state: TokenState,
         head: &RequestHead,
-        now_ms: u64,
     ) -> Result<Option<Callout>, Failure> {
-        let settings = &config.token;
-        let now_secs = now_ms / 1000;
+        let settings = &ctx.config.token;
         match &settings.source {
             TokenSource::Jwt => {
                 let bearer = token::bearer_token(head.authorization)?;
-                let verified =
-                    token::verify(settings, state.remote_jwks, state.verified, bearer, now_ms)?;
-                self.user_id = verified.user_id;
+                let verified = token::verify(
+                    settings,
+                    state.remote_jwks,
+                    state.verified,
+                    bearer,
+                    ctx.now_ms,
+                )?;
+                self.accept_token(ctx.config, verified)?;
                 Ok(None)
             }
             TokenSource::JwtAuthn { .. } => match (&head.verified_claims, head.authorization) {
                 (Some(claims), _) => {
-                    self.user_id = token::check_verified_claims(settings, claims)?.user_id;
+                    let verified = token::check_verified_claims(settings, claims)?;
+                    self.accept_token(ctx.config, verified)?;
                     Ok(None)
                 }
                 // jwt_authn saw a token and did not vouch for it.
@@ -176,9 +256,12 @@ impl Exchange {
             TokenSource::Introspection(introspection_settings) => {
                 let bearer = token::bearer_token(head.authorization)?;
                 let hash = token_hash(bearer);
-                let cached = state.verified.and_then(|cache| cache.get(&hash, now_ms));
+                let cached = state
+                    .verified
+                    .and_then(|cache| cache.get(&hash, ctx.now_ms));
                 if let Some(claims) = cached {
-                    self.user_id = token::check_claims(settings, &claims, now_secs)?.user_id;
+                    let verified = token::check_claims(settings, &claims, ctx.now_ms / 1000)?;
+                    self.accept_token(ctx.config, verified)?;
                     return Ok(None);
                 }
                 self.stage = Stage::Introspecting { token: hash };
@@ -195,31 +278,45 @@ impl Exchange {
     }
 
     /// The token is good: report the first later header failure, or go on to the body.
-    fn token_passed(&mut self, config: &Config, end_of_stream: bool) -> Step {
+    fn token_passed(&mut self, ctx: &Ctx, end_of_stream: bool) -> Step {
         if let Some(failure) = self.after_token.take() {
             let body_done = end_of_stream || !matches!(self.early_body, EarlyBody::None);
             return self.fail_after_body(failure, body_done);
         }
+        if let Some(step) = self.gate_on_header(ctx) {
+            return step;
+        }
         self.stage = Stage::AwaitingBody;
         match std::mem::replace(&mut self.early_body, EarlyBody::None) {
             EarlyBody::TooLarge => self.fail(Failure::PayloadTooLarge),
-            EarlyBody::Complete(body) => self.read_credentials(config, body.expose()),
-            EarlyBody::None if end_of_stream => self.read_credentials(config, b""),
+            EarlyBody::Complete(body) => self.process_body(ctx, body.expose()),
+            EarlyBody::None if end_of_stream => self.process_body(ctx, b""),
             EarlyBody::None => Step::Wait,
+        }
+    }
+
+    fn body_limit(&self, config: &Config) -> usize {
+        match self.route {
+            Route::Gate(i) => config
+                .gates
+                .get(i)
+                .map_or(config.max_body_bytes, |g| g.max_body_bytes),
+            _ => config.max_body_bytes,
         }
     }
 
     /// Body progress. `buffered` is the size Envoy holds so far; `read` fetches it once complete.
     pub fn on_body(
         &mut self,
-        config: &Config,
+        ctx: &Ctx,
         buffered: usize,
         end_of_stream: bool,
         read: impl FnOnce() -> Result<Vec<u8>, ()>,
     ) -> Step {
+        let limit = self.body_limit(ctx.config);
         if let Stage::Draining(failure) = self.stage {
             // Buffered, never parsed; answered once complete, or at once if it grows too large.
-            if end_of_stream || buffered > config.max_body_bytes {
+            if end_of_stream || buffered > limit {
                 return self.fail(failure);
             }
             return Step::Wait;
@@ -228,7 +325,7 @@ impl Exchange {
         if !introspecting && !matches!(self.stage, Stage::AwaitingBody) {
             return Step::Wait;
         }
-        if buffered > config.max_body_bytes {
+        if buffered > limit {
             if introspecting {
                 // 413 comes after the token checks: keep the verdict until the token is known.
                 self.early_body = EarlyBody::TooLarge;
@@ -246,45 +343,166 @@ impl Exchange {
             self.early_body = EarlyBody::Complete(Secret::from_bytes(bytes));
             return Step::Wait;
         }
-        self.read_credentials(config, &bytes)
+        self.process_body(ctx, &bytes)
     }
 
-    fn read_credentials(&mut self, config: &Config, bytes: &[u8]) -> Step {
+    fn process_body(&mut self, ctx: &Ctx, bytes: &[u8]) -> Step {
+        match self.route {
+            Route::Create => self.read_credentials(ctx, bytes),
+            Route::Verify => self.verify_request(ctx, bytes),
+            Route::Gate(_) => self.gate_on_body(ctx, bytes),
+        }
+    }
+
+    fn read_credentials(&mut self, ctx: &Ctx, bytes: &[u8]) -> Step {
         match body::parse(bytes) {
             Err(failure) => self.fail(failure),
             Ok(Credentials {
                 password: Some(password),
                 pin,
-            }) => {
-                let call = self.callout(config, SecretKind::Password, &password);
-                self.stage = Stage::CheckingPassword { pin };
-                Step::Call(call)
-            }
+            }) => self.check_secret(ctx, SecretKind::Password, &password, pin),
             Ok(Credentials {
                 password: None,
                 pin: Some(pin),
-            }) => {
-                let call = self.callout(config, SecretKind::Pin, &pin);
-                self.stage = Stage::CheckingPin;
-                Step::Call(call)
-            }
+            }) => self.check_secret(ctx, SecretKind::Pin, &pin, None),
             Ok(_) => self.fail(Failure::CredentialsMissing),
+        }
+    }
+
+    /// One attempt against the user's budget (RFC 4226 §7.3), taken before anyone is asked whether
+    /// the secret is right, so parallel guesses cannot slip through.
+    fn reserve_attempt(&mut self, ctx: &Ctx) -> Result<(), Failure> {
+        match throttle::reserve(ctx.store, &ctx.config.throttle, &self.user_id, ctx.now_ms) {
+            Ok(Reservation::Granted) => Ok(()),
+            Ok(Reservation::Locked {
+                retry_after_seconds,
+            }) => Err(Failure::Locked {
+                retry_after_seconds,
+            }),
+            Err(e) => Err(store_failure(e)),
+        }
+    }
+
+    /// Asks the credential service about one secret, after reserving the attempt.
+    fn check_secret(
+        &mut self,
+        ctx: &Ctx,
+        kind: SecretKind,
+        secret: &Secret,
+        then_pin: Option<Secret>,
+    ) -> Step {
+        if let Err(failure) = self.reserve_attempt(ctx) {
+            return self.fail(failure);
+        }
+        let call = self.callout(ctx.config, kind, secret);
+        self.stage = match kind {
+            SecretKind::Password => Stage::CheckingPassword { pin: then_pin },
+            SecretKind::Pin => Stage::CheckingPin,
+        };
+        Step::Call(call)
+    }
+
+    /// Checks a code for this user and uses it up. `Ok(true)`: valid, and this was its one use.
+    fn use_code(&mut self, ctx: &Ctx, code: &Secret) -> Result<bool, Failure> {
+        self.reserve_attempt(ctx)?;
+        let Some(found) = otp::verify(
+            &ctx.config.otp,
+            &self.user_id,
+            code.expose_str(),
+            ctx.now_ms,
+        ) else {
+            return Ok(false);
+        };
+        let id = single_use::code_id(&found.key_id, &self.user_id, found.counter);
+        match single_use::consume(
+            ctx.store,
+            &ctx.config.single_use,
+            id,
+            found.expires_at_ms,
+            ctx.now_ms,
+        ) {
+            Ok(Consumed::First) => {
+                throttle::succeed(ctx.store, &ctx.config.throttle, &self.user_id, ctx.now_ms)
+                    .map_err(store_failure)?;
+                Ok(true)
+            }
+            Ok(Consumed::AlreadyUsed) => Ok(false),
+            Err(LedgerError::Full) => Err(Failure::SingleUseLedgerFull),
+            Err(LedgerError::Store(e)) => Err(store_failure(e)),
+        }
+    }
+
+    fn verify_request(&mut self, ctx: &Ctx, bytes: &[u8]) -> Step {
+        let request = match body::parse_verify(bytes) {
+            Ok(request) => request,
+            Err(failure) => return self.fail(failure),
+        };
+        match self.use_code(ctx, &request.otp) {
+            Ok(true) => self.reply(jsonapi::no_content_reply(&self.request_id), "verified"),
+            Ok(false) => self.fail(Failure::OtpNotValid),
+            Err(failure) => self.fail(failure),
+        }
+    }
+
+    /// A gate that reads the code from a header decides at once; a missing header is a 403.
+    fn gate_on_header(&mut self, ctx: &Ctx) -> Option<Step> {
+        let Route::Gate(i) = self.route else {
+            return None;
+        };
+        let gate = ctx.config.gates.get(i)?;
+        if !matches!(gate.otp_from, OtpSource::Header(_)) {
+            return None;
+        }
+        let code = self.header_code.take();
+        Some(self.gate_decide(ctx, code))
+    }
+
+    fn gate_on_body(&mut self, ctx: &Ctx, bytes: &[u8]) -> Step {
+        let Route::Gate(i) = self.route else {
+            return self.fail(Failure::Internal("Not a gate."));
+        };
+        let pointer = match ctx.config.gates.get(i).map(|g| &g.otp_from) {
+            Some(OtpSource::BodyPointer(p)) => p.as_str(),
+            _ => return self.fail(Failure::Internal("Not a body gate.")),
+        };
+        // A body that is not JSON, or has no string at the pointer, simply carries no code.
+        let code = serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|v| {
+                v.pointer(pointer)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .map(Secret::new);
+        self.gate_decide(ctx, code)
+    }
+
+    fn gate_decide(&mut self, ctx: &Ctx, code: Option<Secret>) -> Step {
+        let Some(code) = code.filter(|c| !c.is_empty()) else {
+            return self.fail(Failure::OtpRequired);
+        };
+        match self.use_code(ctx, &code) {
+            Ok(true) => {
+                self.stage = Stage::Finished;
+                Step::Continue
+            }
+            Ok(false) => self.fail(Failure::OtpRequired),
+            Err(failure) => self.fail(failure),
         }
     }
 
     /// A callout answered (or Envoy answered for it): introspection or the credential service.
     pub fn on_answer(
         &mut self,
-        config: &Config,
+        ctx: &Ctx,
         cache: Option<&mut ClaimsCache>,
         status: Option<u16>,
         body: &[u8],
-        now_ms: u64,
     ) -> Step {
         let stage = std::mem::replace(&mut self.stage, Stage::Finished);
         let pending_pin = match stage {
             Stage::Introspecting { token } => {
-                return self.on_introspection(config, cache, token, status, body, now_ms)
+                return self.on_introspection(ctx, cache, token, status, body)
             }
             Stage::CheckingPassword { pin } => pin,
             Stage::CheckingPin => None,
@@ -296,13 +514,16 @@ impl Exchange {
         };
         match credential::read_answer(status, body) {
             Err(failure) => self.fail(failure),
-            Ok(Verdict::Valid) => self.mint(config, now_ms),
-            Ok(Verdict::Invalid) => match pending_pin {
-                Some(pin) => {
-                    let call = self.callout(config, SecretKind::Pin, &pin);
-                    self.stage = Stage::CheckingPin;
-                    Step::Call(call)
+            Ok(Verdict::Valid) => {
+                if let Err(e) =
+                    throttle::succeed(ctx.store, &ctx.config.throttle, &self.user_id, ctx.now_ms)
+                {
+                    return self.fail(store_failure(e));
                 }
+                self.mint(ctx.config, ctx.now_ms)
+            }
+            Ok(Verdict::Invalid) => match pending_pin {
+                Some(pin) => self.check_secret(ctx, SecretKind::Pin, &pin, None),
                 None => self.fail(Failure::InvalidCredentials),
             },
             Ok(Verdict::UnknownUser) => self.fail(Failure::UserNotFound),
@@ -317,12 +538,11 @@ impl Exchange {
 
     fn on_introspection(
         &mut self,
-        config: &Config,
+        ctx: &Ctx,
         cache: Option<&mut ClaimsCache>,
         token: TokenHash,
         status: Option<u16>,
         body: &[u8],
-        now_ms: u64,
     ) -> Step {
         let body_done = !matches!(self.early_body, EarlyBody::None);
         let claims = match introspection::read_answer(status, body) {
@@ -330,15 +550,17 @@ impl Exchange {
             Ok(Answer::Inactive) => return self.fail_after_body(Failure::TokenInactive, body_done),
             Ok(Answer::Active(claims)) => claims,
         };
-        match token::check_claims(&config.token, &claims, now_ms / 1000) {
+        let verified = token::check_claims(&ctx.config.token, &claims, ctx.now_ms / 1000)
+            .and_then(|v| v.require_scope(self.scope(ctx.config)));
+        match verified {
             Err(failure) => self.fail_after_body(failure, body_done),
             Ok(verified) => {
                 if let Some(cache) = cache {
-                    cache.insert(token, claims, now_ms);
+                    cache.insert(token, claims, ctx.now_ms);
                 }
                 self.user_id = verified.user_id;
                 // Whether the body already ended is in `early_body`; a body still to come arrives later.
-                self.token_passed(config, false)
+                self.token_passed(ctx, false)
             }
         }
     }
@@ -361,16 +583,17 @@ impl Exchange {
     }
 
     fn mint(&mut self, config: &Config, now_ms: u64) -> Step {
-        self.stage = Stage::Finished;
         match otp::mint(&config.otp, &self.user_id, now_ms) {
-            Some(minted) => Step::Reply {
-                reply: jsonapi::created_reply(&minted, &self.request_id),
-                outcome: "issued",
-            },
+            Some(minted) => self.reply(jsonapi::created_reply(&minted, &self.request_id), "issued"),
             None => self.fail(Failure::Internal(
                 "The one-time password could not be computed.",
             )),
         }
+    }
+
+    fn reply(&mut self, reply: Reply, outcome: &'static str) -> Step {
+        self.stage = Stage::Finished;
+        Step::Reply { reply, outcome }
     }
 
     /// Fails now if the request is complete (or too large to wait for), else once its body ends.
@@ -383,22 +606,29 @@ impl Exchange {
     }
 
     fn fail(&mut self, failure: Failure) -> Step {
-        self.stage = Stage::Finished;
-        Step::Reply {
-            reply: jsonapi::error_reply(failure, &self.request_id),
-            outcome: failure.code(),
-        }
+        let reply = jsonapi::error_reply(failure, &self.request_id);
+        self.reply(reply, failure.code())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared_store::MemoryStore;
     use crate::testkit::{self, claims, merged, NOW};
     use serde_json::{json, Value};
 
     const ID: &str = "9m4e2mr0ui3e8a215n4g";
     const NOW_MS: u64 = NOW * 1000;
+
+    /// A context with a fresh in-memory shared store (leaked: tests are short-lived).
+    fn cx(config: &Config) -> Ctx<'_> {
+        Ctx {
+            config,
+            store: Box::leak(Box::new(MemoryStore::new())),
+            now_ms: NOW_MS,
+        }
+    }
 
     struct Request {
         method: &'static str,
@@ -426,14 +656,15 @@ mod tests {
             content_type: req.content_type,
             content_length: req.content_length,
             verified_claims: None,
+            otp_header: None,
             end_of_stream,
         };
         Exchange::start(
-            &testkit::config(),
+            &cx(&testkit::config()),
+            Route::Create,
             TokenState::default(),
             &head,
             ID.to_string(),
-            NOW_MS,
         )
     }
 
@@ -457,7 +688,7 @@ mod tests {
         let (mut exchange, step) = start(&valid(), false);
         assert!(matches!(step, Step::Wait));
         let bytes = body.as_bytes().to_vec();
-        let step = exchange.on_body(&testkit::config(), bytes.len(), true, || Ok(bytes));
+        let step = exchange.on_body(&cx(&testkit::config()), bytes.len(), true, || Ok(bytes));
         (exchange, step)
     }
 
@@ -471,12 +702,16 @@ mod tests {
     #[test]
     fn serves_only_configured_paths() {
         let c = testkit::config();
-        assert!(serves_path(&c, "/user/2021-2/user/otp"));
-        assert!(serves_path(&c, "/user/2025-1/user/otp?x=1"));
-        assert!(!serves_path(&c, "/user/2021-2/user/otp/"));
-        assert!(!serves_path(&c, "/user/2019-1/user/otp"));
-        assert!(!serves_path(&c, "/user/2021-2/user/otp/verify"));
-        assert!(!serves_path(&c, "/USER/2021-2/user/otp"));
+        let r = |m, p| route(&c, m, p);
+        assert_eq!(r("POST", "/user/2021-2/user/otp"), Some(Route::Create));
+        assert_eq!(r("GET", "/user/2025-1/user/otp?x=1"), Some(Route::Create));
+        assert_eq!(
+            r("POST", "/user/2021-2/user/otp/verify"),
+            Some(Route::Verify)
+        );
+        assert_eq!(r("POST", "/user/2021-2/user/otp/"), None);
+        assert_eq!(r("POST", "/user/2019-1/user/otp"), None);
+        assert_eq!(r("POST", "/USER/2021-2/user/otp"), None);
     }
 
     #[test]
@@ -559,14 +794,16 @@ mod tests {
         let (mut exchange, step) = start(&no_token, false);
         assert!(matches!(step, Step::Wait), "the client is still sending");
         assert!(matches!(
-            exchange.on_body(&c, 100, false, || Err(())),
+            exchange.on_body(&cx(&c), 100, false, || Err(())),
             Step::Wait
         ));
-        let step = exchange.on_body(&c, 200, true, || panic!("a drained body is never read"));
+        let step = exchange.on_body(&cx(&c), 200, true, || {
+            panic!("a drained body is never read")
+        });
         assert_eq!(answer(&step), (401, "token-missing".into()));
         // A body that grows past the limit is not waited for.
         let (mut exchange, _) = start(&no_token, false);
-        let step = exchange.on_body(&c, 4097, false, || Err(()));
+        let step = exchange.on_body(&cx(&c), 4097, false, || Err(()));
         assert_eq!(answer(&step), (401, "token-missing".into()));
         // A declared length over the limit is answered at once.
         let too_long = Request {
@@ -590,19 +827,19 @@ mod tests {
         let c = testkit::config();
         let (mut exchange, _) = start(&valid(), false);
         assert!(matches!(
-            exchange.on_body(&c, 10, false, || Err(())),
+            exchange.on_body(&cx(&c), 10, false, || Err(())),
             Step::Wait
         ));
-        let step = exchange.on_body(&c, 4097, false, || Err(()));
+        let step = exchange.on_body(&cx(&c), 4097, false, || Err(()));
         assert_eq!(answer(&step), (413, "payload-too-large".into()));
         // Once answered, later body callbacks change nothing.
         assert!(matches!(
-            exchange.on_body(&c, 4097, true, || Err(())),
+            exchange.on_body(&cx(&c), 4097, true, || Err(())),
             Step::Wait
         ));
 
         let (mut exchange, _) = start(&valid(), false);
-        let step = exchange.on_body(&c, 5, true, || Err(()));
+        let step = exchange.on_body(&cx(&c), 5, true, || Err(()));
         assert_eq!(answer(&step), (500, "internal-error".into()));
     }
 
@@ -627,12 +864,12 @@ mod tests {
             callout_body(&step),
             json!({"user": "demo-user", "kind": "password", "secret": "wrong"})
         );
-        let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"invalid"}"#, NOW_MS);
+        let step = exchange.on_answer(&cx(&c), None, Some(200), br#"{"result":"invalid"}"#);
         assert_eq!(
             callout_body(&step),
             json!({"user": "demo-user", "kind": "pin", "secret": "8299"})
         );
-        let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"valid"}"#, NOW_MS);
+        let step = exchange.on_answer(&cx(&c), None, Some(200), br#"{"result":"valid"}"#);
         assert_eq!(answer(&step), (201, "issued".into()));
         let Step::Reply { reply, .. } = step else {
             unreachable!()
@@ -653,7 +890,7 @@ mod tests {
     fn a_valid_password_skips_the_pin() {
         let c = testkit::config();
         let (mut exchange, _) = with_body(r#"{"password":"right","pin":"0000"}"#);
-        let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"valid"}"#, NOW_MS);
+        let step = exchange.on_answer(&cx(&c), None, Some(200), br#"{"result":"valid"}"#);
         assert_eq!(answer(&step).0, 201);
     }
 
@@ -684,11 +921,11 @@ mod tests {
         for (answer_body, status, code) in cases {
             // Password and PIN given: every verdict but "invalid" ends the exchange at once.
             let (mut exchange, _) = with_body(r#"{"pin":"8299"}"#);
-            let step = exchange.on_answer(&c, None, Some(200), answer_body, NOW_MS);
+            let step = exchange.on_answer(&cx(&c), None, Some(200), answer_body);
             assert_eq!(answer(&step), (status, code.to_string()));
         }
         let (mut exchange, _) = with_body(r#"{"password":"x","pin":"8299"}"#);
-        let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"unknown-user"}"#, NOW_MS);
+        let step = exchange.on_answer(&cx(&c), None, Some(200), br#"{"result":"unknown-user"}"#);
         assert_eq!(
             answer(&step),
             (404, "user-not-found".into()),
@@ -701,10 +938,10 @@ mod tests {
             (Some(500), "credential-service-error"),
         ] {
             let (mut exchange, _) = with_body(r#"{"password":"x","pin":"8299"}"#);
-            let step = exchange.on_answer(&c, None, status, b"", NOW_MS);
+            let step = exchange.on_answer(&cx(&c), None, status, b"");
             assert_eq!(answer(&step), (500, code.to_string()));
             // Fail closed: a second (stray) answer cannot mint either.
-            let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"valid"}"#, NOW_MS);
+            let step = exchange.on_answer(&cx(&c), None, Some(200), br#"{"result":"valid"}"#);
             assert_eq!(answer(&step), (500, "internal-error".into()));
         }
     }
@@ -724,8 +961,8 @@ mod tests {
         let token = testkit::rs256(&claims());
         let (mut exchange, _) = with_body(r#"{"password":"hunter2-secret","pin":"8299"}"#);
         let mut replies = Vec::new();
-        let step = exchange.on_answer(&c, None, Some(200), br#"{"result":"invalid"}"#, NOW_MS);
-        replies.push(exchange.on_answer(&c, None, Some(200), br#"{"result":"invalid"}"#, NOW_MS));
+        let step = exchange.on_answer(&cx(&c), None, Some(200), br#"{"result":"invalid"}"#);
+        replies.push(exchange.on_answer(&cx(&c), None, Some(200), br#"{"result":"invalid"}"#));
         drop(step);
         let (_, step) = with_body(r#"{"pin":8299,"password":"hunter2-secret"}"#);
         replies.push(step);
@@ -746,10 +983,19 @@ mod tests {
 mod mode_tests {
     use super::*;
     use crate::credential::Upstream;
+    use crate::shared_store::MemoryStore;
     use crate::testkit::{self, claims, merged, NOW};
     use serde_json::json;
 
     const NOW_MS: u64 = NOW * 1000;
+
+    fn cx(config: &Config) -> Ctx<'_> {
+        Ctx {
+            config,
+            store: Box::leak(Box::new(MemoryStore::new())),
+            now_ms: NOW_MS,
+        }
+    }
 
     fn introspection_config() -> Config {
         let mut value = testkit::config_json();
@@ -773,6 +1019,7 @@ mod mode_tests {
             content_type: Some("application/json"),
             content_length: None,
             verified_claims: None,
+            otp_header: None,
             end_of_stream,
         }
     }
@@ -807,19 +1054,19 @@ mod mode_tests {
             verified: Some(&mut cache),
         };
         let (mut ex, step) = Exchange::start(
-            &config,
+            &cx(&config),
+            Route::Create,
             state,
             &head(&auth, None, false),
             "id".into(),
-            NOW_MS,
         );
         assert_eq!(upstream(&step), Some(Upstream::Introspection));
         let body = br#"{"pin":"8299"}"#.to_vec();
         assert!(matches!(
-            ex.on_body(&config, body.len(), true, || Ok(body)),
+            ex.on_body(&cx(&config), body.len(), true, || Ok(body)),
             Step::Wait
         ));
-        let step = ex.on_answer(&config, Some(&mut cache), Some(200), &active(), NOW_MS);
+        let step = ex.on_answer(&cx(&config), Some(&mut cache), Some(200), &active());
         assert_eq!(
             upstream(&step),
             Some(Upstream::CredentialService),
@@ -833,11 +1080,11 @@ mod mode_tests {
             verified: Some(&mut cache),
         };
         let (_, step) = Exchange::start(
-            &config,
+            &cx(&config),
+            Route::Create,
             state,
             &head(&auth, Some("text/html"), true),
             "id".into(),
-            NOW_MS,
         );
         assert_eq!(code(&step), "not-acceptable");
     }
@@ -848,63 +1095,63 @@ mod mode_tests {
         let auth = format!("Bearer {}", testkit::rs256(&claims()));
         let start = |accept, eos| {
             Exchange::start(
-                &config,
+                &cx(&config),
+                Route::Create,
                 TokenState::default(),
                 &head(&auth, accept, eos),
                 "id".into(),
-                NOW_MS,
             )
         };
         let (mut ex, _) = start(Some("text/html"), true);
         assert_eq!(
-            code(&ex.on_answer(&config, None, Some(200), br#"{"active":false}"#, NOW_MS)),
+            code(&ex.on_answer(&cx(&config), None, Some(200), br#"{"active":false}"#)),
             "token-inactive"
         );
         // The body is still arriving when the verdict is known: answered when it ends.
         let (mut ex, _) = start(Some("text/html"), false);
         assert!(matches!(
-            ex.on_answer(&config, None, Some(200), br#"{"active":false}"#, NOW_MS),
+            ex.on_answer(&cx(&config), None, Some(200), br#"{"active":false}"#),
             Step::Wait
         ));
         assert_eq!(
-            code(&ex.on_body(&config, 3, true, || Err(()))),
+            code(&ex.on_body(&cx(&config), 3, true, || Err(()))),
             "token-inactive"
         );
         let (mut ex, _) = start(Some("text/html"), true);
         assert_eq!(
-            code(&ex.on_answer(&config, None, Some(200), &active(), NOW_MS)),
+            code(&ex.on_answer(&cx(&config), None, Some(200), &active())),
             "not-acceptable"
         );
         let (mut ex, _) = start(None, false);
         assert!(matches!(
-            ex.on_body(&config, 5000, false, || Err(())),
+            ex.on_body(&cx(&config), 5000, false, || Err(())),
             Step::Wait
         ));
         assert_eq!(
-            code(&ex.on_answer(&config, None, Some(200), &active(), NOW_MS)),
+            code(&ex.on_answer(&cx(&config), None, Some(200), &active())),
             "payload-too-large"
         );
         let (mut ex, _) = start(None, true);
         assert_eq!(
-            code(&ex.on_answer(&config, None, Some(200), &active(), NOW_MS)),
+            code(&ex.on_answer(&cx(&config), None, Some(200), &active())),
             "body-not-json"
         );
         let (mut ex, _) = start(None, false);
         assert!(
             matches!(
-                ex.on_answer(&config, None, Some(200), &active(), NOW_MS),
+                ex.on_answer(&cx(&config), None, Some(200), &active()),
                 Step::Wait
             ),
             "body still to come"
         );
         let body = br#"{"pin":"8299"}"#.to_vec();
         assert_eq!(
-            upstream(&ex.on_body(&config, body.len(), true, || Ok(body))),
+            upstream(&ex.on_body(&cx(&config), body.len(), true, || Ok(body))),
             Some(Upstream::CredentialService)
         );
         let (mut ex, _) = start(None, true);
         assert_eq!(
-            code(&ex.on_answer(&config, None, Some(504), b"", NOW_MS)),
+            code(&ex.on_answer(&cx(&config), None, Some(504), b"")),
             "introspection-timeout"
         );
     }
@@ -930,9 +1177,17 @@ mod mode_tests {
                 content_type: Some("application/json"),
                 content_length: None,
                 verified_claims: claims.map(|c| c.as_object().unwrap().clone()),
+                otp_header: None,
                 end_of_stream: true,
             };
-            Exchange::start(&config, TokenState::default(), &head, "id".into(), NOW_MS).1
+            Exchange::start(
+                &cx(&config),
+                Route::Create,
+                TokenState::default(),
+                &head,
+                "id".into(),
+            )
+            .1
         };
         assert_eq!(
             code(&verified(
@@ -981,5 +1236,260 @@ mod mode_tests {
             Ok(_) => panic!("accepted"),
         };
         assert!(message.contains("token.mode: must be"), "{message}");
+    }
+}
+
+#[cfg(test)]
+mod one_time_tests {
+    use super::*;
+    use crate::shared_store::MemoryStore;
+    use crate::testkit::{self, claims, merged, NOW};
+    use serde_json::json;
+
+    const NOW_MS: u64 = NOW * 1000;
+
+    fn config_with_gates() -> Config {
+        let mut value = testkit::config_json();
+        value["gates"] = json!([
+            {"method": "PUT", "path": "/user/2021-2/user/pin", "otp_pointer": "/data/attributes/otp"},
+            {"method": "DELETE", "path": "/user/", "match": "prefix", "otp_header": "x-otp"}
+        ]);
+        testkit::config_from(&value).unwrap()
+    }
+
+    fn head<'a>(auth: &'a str, otp_header: Option<&'a str>) -> RequestHead<'a> {
+        RequestHead {
+            method: "POST",
+            authorization: Some(auth),
+            accept: None,
+            content_type: Some("application/json"),
+            content_length: None,
+            verified_claims: None,
+            otp_header,
+            end_of_stream: false,
+        }
+    }
+
+    fn outcome(step: &Step) -> &'static str {
+        match step {
+            Step::Reply { outcome, .. } => outcome,
+            Step::Continue => "continue",
+            Step::Call(_) => "call",
+            Step::Wait => "wait",
+        }
+    }
+
+    /// Runs one request through start and a complete body.
+    fn run(ctx: &Ctx, route: Route, auth: &str, otp_header: Option<&str>, body: &str) -> Step {
+        let (mut ex, step) = Exchange::start(
+            ctx,
+            route,
+            TokenState::default(),
+            &head(auth, otp_header),
+            "id".into(),
+        );
+        if !matches!(step, Step::Wait) {
+            return step;
+        }
+        let bytes = body.as_bytes().to_vec();
+        ex.on_body(ctx, bytes.len(), true, || Ok(bytes))
+    }
+
+    fn code(config: &Config, user: &str) -> String {
+        otp::mint(&config.otp, user, NOW_MS)
+            .unwrap()
+            .code
+            .expose_str()
+            .to_string()
+    }
+
+    #[test]
+    fn routes_include_verify_and_gates() {
+        let c = config_with_gates();
+        assert_eq!(
+            route(&c, "PUT", "/user/2021-2/user/pin"),
+            Some(Route::Gate(0))
+        );
+        assert_eq!(route(&c, "GET", "/user/2021-2/user/pin"), None);
+        assert_eq!(
+            route(&c, "DELETE", "/user/2021-2/user"),
+            Some(Route::Gate(1))
+        );
+        assert_eq!(route(&c, "delete", "/user/x?y"), Some(Route::Gate(1)));
+        assert_eq!(
+            route(&c, "DELETE", "/user/2021-2/user/otp"),
+            Some(Route::Create),
+            "own routes first"
+        );
+    }
+
+    #[test]
+    fn verify_accepts_a_code_once_and_needs_the_verify_scope() {
+        let config = config_with_gates();
+        let store = MemoryStore::new();
+        let ctx = Ctx {
+            config: &config,
+            store: &store,
+            now_ms: NOW_MS,
+        };
+        let both = merged(
+            &claims(),
+            &json!({"scope": "user:otp:create user:otp:verify"}),
+        );
+        let auth = format!("Bearer {}", testkit::rs256(&both));
+        let body = json!({"otp": code(&config, "demo-user")}).to_string();
+        assert_eq!(
+            outcome(&run(&ctx, Route::Verify, &auth, None, &body)),
+            "verified"
+        );
+        assert_eq!(
+            outcome(&run(&ctx, Route::Verify, &auth, None, &body)),
+            "otp-not-valid"
+        );
+        let create_only = format!("Bearer {}", testkit::rs256(&claims()));
+        assert_eq!(
+            outcome(&run(&ctx, Route::Verify, &create_only, None, &body)),
+            "insufficient-scope"
+        );
+        let other_user = json!({"otp": code(&config, "demo-user-2")}).to_string();
+        assert_eq!(
+            outcome(&run(&ctx, Route::Verify, &auth, None, &other_user)),
+            "otp-not-valid"
+        );
+    }
+
+    #[test]
+    fn the_throttle_counts_guesses_before_asking_and_locks() {
+        let config = config_with_gates();
+        let store = MemoryStore::new();
+        let ctx = Ctx {
+            config: &config,
+            store: &store,
+            now_ms: NOW_MS,
+        };
+        let auth = format!("Bearer {}", testkit::rs256(&claims()));
+        for _ in 0..5 {
+            assert_eq!(
+                outcome(&run(&ctx, Route::Create, &auth, None, r#"{"pin":"0000"}"#)),
+                "call"
+            );
+        }
+        let step = run(&ctx, Route::Create, &auth, None, r#"{"pin":"8299"}"#);
+        assert_eq!(outcome(&step), "too-many-attempts");
+        let Step::Reply { reply, .. } = step else {
+            unreachable!()
+        };
+        assert_eq!(reply.header("retry-after"), Some("60"));
+        // Codes count against the same budget.
+        let verify = format!(
+            "Bearer {}",
+            testkit::rs256(&merged(&claims(), &json!({"scope": "user:otp:verify"})))
+        );
+        let body = json!({"otp": code(&config, "demo-user")}).to_string();
+        assert_eq!(
+            outcome(&run(&ctx, Route::Verify, &verify, None, &body)),
+            "too-many-attempts"
+        );
+        // Another user is not affected.
+        let other = format!(
+            "Bearer {}",
+            testkit::rs256(&merged(&claims(), &json!({"sub": "demo-user-2"})))
+        );
+        assert_eq!(
+            outcome(&run(&ctx, Route::Create, &other, None, r#"{"pin":"8299"}"#)),
+            "call"
+        );
+    }
+
+    #[test]
+    fn a_valid_password_resets_the_budget() {
+        let config = config_with_gates();
+        let store = MemoryStore::new();
+        let ctx = Ctx {
+            config: &config,
+            store: &store,
+            now_ms: NOW_MS,
+        };
+        let auth = format!("Bearer {}", testkit::rs256(&claims()));
+        for _ in 0..4 {
+            run(&ctx, Route::Create, &auth, None, r#"{"pin":"0000"}"#);
+        }
+        let (mut ex, _) = Exchange::start(
+            &ctx,
+            Route::Create,
+            TokenState::default(),
+            &head(&auth, None),
+            "id".into(),
+        );
+        let body = br#"{"password":"right"}"#.to_vec();
+        assert_eq!(
+            outcome(&ex.on_body(&ctx, body.len(), true, || Ok(body))),
+            "call"
+        );
+        assert_eq!(
+            outcome(&ex.on_answer(&ctx, None, Some(200), br#"{"result":"valid"}"#)),
+            "issued"
+        );
+        for _ in 0..5 {
+            assert_eq!(
+                outcome(&run(&ctx, Route::Create, &auth, None, r#"{"pin":"0000"}"#)),
+                "call"
+            );
+        }
+    }
+
+    #[test]
+    fn gates_pass_a_valid_code_once() {
+        let config = config_with_gates();
+        let store = MemoryStore::new();
+        let ctx = Ctx {
+            config: &config,
+            store: &store,
+            now_ms: NOW_MS,
+        };
+        let auth = format!("Bearer {}", testkit::rs256(&claims()));
+        let code = code(&config, "demo-user");
+        let body = json!({"data": {"attributes": {"otp": code}}}).to_string();
+        assert_eq!(
+            outcome(&run(&ctx, Route::Gate(0), &auth, None, &body)),
+            "continue"
+        );
+        assert_eq!(
+            outcome(&run(&ctx, Route::Gate(0), &auth, None, &body)),
+            "otp:invalid"
+        );
+        assert_eq!(
+            outcome(&run(&ctx, Route::Gate(0), &auth, None, "{}")),
+            "otp:invalid"
+        );
+        assert_eq!(
+            outcome(&run(&ctx, Route::Gate(0), &auth, None, "not json")),
+            "otp:invalid"
+        );
+        // Header gates decide at the headers.
+        let (_, step) = Exchange::start(
+            &ctx,
+            Route::Gate(1),
+            TokenState::default(),
+            &head(&auth, Some(&code)),
+            "id".into(),
+        );
+        assert_eq!(
+            outcome(&step),
+            "otp:invalid",
+            "already used on the body gate"
+        );
+        let (_, step) = Exchange::start(
+            &ctx,
+            Route::Gate(1),
+            TokenState::default(),
+            &head("Bearer x", Some(&code)),
+            "id".into(),
+        );
+        assert_eq!(
+            outcome(&step),
+            "wait",
+            "a bad token is answered when the body ends"
+        );
     }
 }

@@ -56,6 +56,18 @@ pub fn error_reply(failure: Failure, request_id: &str) -> Reply {
     }
 }
 
+/// 204 for a verified code: no body, but the `Request-Id` like every answer.
+pub fn no_content_reply(request_id: &str) -> Reply {
+    Reply {
+        status: 204,
+        headers: vec![
+            ("request-id", request_id.to_string()),
+            ("cache-control", "no-store".to_string()),
+        ],
+        body: Vec::new(),
+    }
+}
+
 /// 201 with the code. `no-store`: a cached OTP is a leaked OTP.
 pub fn created_reply(minted: &Minted, request_id: &str) -> Reply {
     let body = json!({

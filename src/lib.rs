@@ -17,6 +17,9 @@ pub mod negotiation;
 pub mod otp;
 pub mod request_id;
 pub mod secret;
+pub mod shared_store;
+pub mod single_use;
+pub mod throttle;
 pub mod timefmt;
 pub mod token;
 

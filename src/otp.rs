@@ -63,6 +63,8 @@ pub struct OtpSettings {
     pub keys: Vec<MasterKey>,
     /// Index into `keys` of the key new codes are made with.
     pub active: usize,
+    /// The scope a token needs for the verify route.
+    pub verify_scope: String,
 }
 
 pub struct MasterKey {
@@ -224,6 +226,7 @@ mod tests {
                 key: Secret::from_bytes(vec![7; 32]),
             }],
             active: 0,
+            verify_scope: "user:otp:verify".into(),
         }
     }
 

@@ -70,6 +70,19 @@ impl LinkedIdentityRule {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
     pub user_id: String,
+    pub scopes: Vec<String>,
+}
+
+impl Verified {
+    /// 403 unless the token grants `scope` (the route decides which; gates need none).
+    pub fn require_scope(self, scope: Option<&str>) -> Result<Self, Failure> {
+        match scope {
+            Some(required) if !self.scopes.iter().any(|s| s == required) => {
+                Err(Failure::InsufficientScope)
+            }
+            _ => Ok(self),
+        }
+    }
 }
 
 /// RFC 6750 §2.1: `Bearer` (scheme case-insensitive, RFC 9110 §11.1) then one or more spaces then a
@@ -282,28 +295,12 @@ pub fn check_claims(
             "The token is meant for another audience.",
         ));
     }
-    let user_id = claims
-        .get(&settings.user_id_claim)
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control))
-        .ok_or(Failure::TokenClaimsInvalid(
-            "The token does not name a user.",
-        ))?;
-    if let Some(rule) = &settings.linked_identity {
-        if !rule.holds(claims) {
-            return Err(Failure::MissingLinkedIdentity);
-        }
-    }
-    if !has_scope(claims, &settings.required_scope) {
-        return Err(Failure::InsufficientScope);
-    }
-    Ok(Verified {
-        user_id: user_id.to_string(),
-    })
+    check_verified_claims(settings, claims)
 }
 
 /// Claims already verified by Envoy's `jwt_authn` (signature, time, issuer, audience): only what the
-/// filter adds is checked here — user, linked identity, scope.
+/// filter adds is checked here — user and linked identity. The scope depends on the route and is
+/// checked by the caller (`Verified::require_scope`), after every 401 check.
 pub fn check_verified_claims(
     settings: &TokenSettings,
     claims: &Map<String, Value>,
@@ -314,10 +311,10 @@ pub fn check_verified_claims(
             return Err(Failure::MissingLinkedIdentity);
         }
     }
-    if !has_scope(claims, &settings.required_scope) {
-        return Err(Failure::InsufficientScope);
-    }
-    Ok(Verified { user_id })
+    Ok(Verified {
+        user_id,
+        scopes: scopes(claims),
+    })
 }
 
 fn user_id(settings: &TokenSettings, claims: &Map<String, Value>) -> Result<String, Failure> {
@@ -332,21 +329,20 @@ fn user_id(settings: &TokenSettings, claims: &Map<String, Value>) -> Result<Stri
 }
 
 /// OAuth `scope` is a space-separated string (RFC 8693 §4.2); some issuers send `scp` as an array.
-fn has_scope(claims: &Map<String, Value>, required: &str) -> bool {
-    let in_string = |v: &Value| {
-        v.as_str()
-            .is_some_and(|s| s.split(' ').any(|x| x == required))
-    };
-    let in_array = |v: &Value| {
-        v.as_array()
-            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(required)))
-    };
-    claims
-        .get("scope")
-        .is_some_and(|v| in_string(v) || in_array(v))
-        || claims
-            .get("scp")
-            .is_some_and(|v| in_string(v) || in_array(v))
+fn scopes(claims: &Map<String, Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(Value::String(s)) => {
+                out.extend(s.split(' ').filter(|x| !x.is_empty()).map(str::to_string))
+            }
+            Some(Value::Array(items)) => {
+                out.extend(items.iter().filter_map(Value::as_str).map(str::to_string))
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -357,6 +353,7 @@ mod tests {
 
     fn check(token: &str) -> Result<Verified, Failure> {
         verify(&testkit::config().token, None, None, token, NOW * 1000)
+            .and_then(|v| v.require_scope(Some("user:otp:create")))
     }
 
     fn with(changes: Value) -> Value {
@@ -395,15 +392,14 @@ mod tests {
 
     #[test]
     fn accepts_each_configured_algorithm() {
-        let ok = Ok(Verified {
-            user_id: "demo-user".into(),
-        });
-        assert_eq!(check(&testkit::rs256(&claims())), ok);
-        assert_eq!(check(&testkit::es256(&claims())), ok);
-        assert_eq!(check(&testkit::hs256(&claims())), ok);
+        let user = |t: &str| check(t).map(|v| v.user_id);
+        let ok = Ok("demo-user".to_string());
+        assert_eq!(user(&testkit::rs256(&claims())), ok);
+        assert_eq!(user(&testkit::es256(&claims())), ok);
+        assert_eq!(user(&testkit::hs256(&claims())), ok);
         // Without a kid, the only key of the token's algorithm is used.
         let no_kid = testkit::sign(&json!({"alg": "ES256"}), &claims());
-        assert_eq!(check(&no_kid), ok);
+        assert_eq!(user(&no_kid), ok);
     }
 
     #[test]
@@ -504,13 +500,17 @@ mod tests {
             verify(&config.token, None, Some(&mut cache), &fresh, at(NOW)),
             Err(Failure::TokenKeyUnknown)
         );
-        // Claims are checked on every hit: the scope, and expiry (leeway 30 s; the entry itself ends at exp).
-        config.token.required_scope = "other".into();
+        // Claims are checked on every hit: a linked-identity rule, and expiry (leeway 30 s; the
+        // entry itself ends at exp).
+        config.token.linked_identity = Some(LinkedIdentityRule {
+            claim: "linked".into(),
+            equals: None,
+        });
         assert_eq!(
             verify(&config.token, None, Some(&mut cache), &token, at(NOW + 2)),
-            Err(Failure::InsufficientScope)
+            Err(Failure::MissingLinkedIdentity)
         );
-        config.token.required_scope = "user:otp:create".into();
+        config.token.linked_identity = None;
         assert_eq!(
             verify(&config.token, None, Some(&mut cache), &token, at(NOW + 100)),
             Err(Failure::TokenKeyUnknown),

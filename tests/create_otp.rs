@@ -401,7 +401,7 @@ fn other_paths_pass_through_untouched() {
     for (method, path) in [
         ("GET", "/user/2021-2/user/profile"),
         ("POST", "/user/1999-1/user/otp"),
-        ("POST", "/user/2021-2/user/otp/verify"),
+        ("POST", "/user/2021-2/user/otp/verify/extra"),
         ("POST", "/user/2021-2/user/otp/"),
     ] {
         let r = send(

@@ -203,6 +203,18 @@ impl Envoy {
 
     /// Starts Envoy; `Err` carries its log when it exits before becoming ready.
     pub fn try_start(config: &str) -> Result<Self, String> {
+        Self::try_start_with(config, 1)
+    }
+
+    /// Starts Envoy with `workers` worker threads (one wasm VM each) and waits until it is ready.
+    pub fn start_with_workers(config: &str, workers: u32) -> Self {
+        match Self::try_start_with(config, workers) {
+            Ok(envoy) => envoy,
+            Err(log) => panic!("Envoy did not start:\n{log}"),
+        }
+    }
+
+    fn try_start_with(config: &str, workers: u32) -> Result<Self, String> {
         let dir = scratch_dir();
         let config_path = dir.join("envoy.yaml");
         let admin_path = dir.join("admin-address");
@@ -213,7 +225,13 @@ impl Envoy {
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            .args([
+                "--concurrency",
+                &workers.to_string(),
+                "--disable-hot-restart",
+                "-l",
+                "info",
+            ])
             .args(["--component-log-level", "wasm:debug"])
             // The log file is flushed on this interval (default 10 s); tests read it.
             .args(["--file-flush-interval-msec", "50"])
@@ -591,6 +609,63 @@ impl Stub {
             }
         });
         Stub { port }
+    }
+}
+
+/// An upstream that answers every request with 200 and the request's own bytes as the body, so a
+/// test can see exactly what Envoy forwarded.
+pub struct Echo {
+    pub port: u16,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+        let port = listener.local_addr().expect("addr").port();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                thread::spawn(move || echo_connection(conn));
+            }
+        });
+        Echo { port }
+    }
+}
+
+fn echo_connection(mut conn: TcpStream) {
+    let _ = conn.set_nodelay(true);
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    loop {
+        let mut head = String::new();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mut echoed = head.into_bytes();
+        echoed.extend_from_slice(&body);
+        let mut out = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-echo: yes\r\ncontent-length: {}\r\n\r\n", echoed.len()).into_bytes();
+        out.extend_from_slice(&echoed);
+        if conn.write_all(&out).is_err() {
+            return;
+        }
     }
 }
 
