@@ -6,12 +6,13 @@
 //! client would otherwise kill the VM for every request on that worker.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use serde_json::{Map, Value};
 
 use crate::claims_cache::ClaimsCache;
@@ -22,6 +23,7 @@ use crate::flow::{self, Ctx, Exchange, RequestHead, Route, Step, TokenState};
 use crate::introspection::MAX_ANSWER_BYTES as MAX_INTROSPECTION_BYTES;
 use crate::jsonapi::{self, Reply};
 use crate::jwks::{RemoteJwks, MAX_JWKS_BYTES};
+use crate::metrics;
 use crate::request_id::{self, XidGenerator};
 use crate::shared_store::{SharedStore, StoreError};
 use crate::single_use;
@@ -45,6 +47,13 @@ fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
+fn now_ns() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 fn now_ms() -> u64 {
     hostcalls::get_current_time()
         .ok()
@@ -54,6 +63,7 @@ fn now_ms() -> u64 {
 
 struct Root {
     config: Option<Rc<Config>>,
+    stats: Option<Rc<Stats>>,
     /// The fetched key set, shared with this VM's streams; `None` without `remote_jwks`.
     remote: Option<Rc<RefCell<RemoteJwks>>>,
     /// Tokens already verified (signature, or introspection), shared with this VM's streams.
@@ -68,6 +78,70 @@ const TICK: Duration = Duration::from_millis(500);
 
 /// How often expired single-use records and forgotten throttle records are swept.
 const SWEEP_EVERY_MS: u64 = 30_000;
+
+/// Stat ids, defined once per VM (Envoy shares the stats themselves across VMs by name).
+struct Stats {
+    outcomes: HashMap<&'static str, u32>,
+    credential: HashMap<&'static str, u32>,
+    jwks_ok: u32,
+    jwks_failed: u32,
+    single_use_records: u32,
+    throttled_users: u32,
+    credential_latency_ms: u32,
+    filter_time_us: u32,
+}
+
+impl Stats {
+    fn define() -> Result<Stats, Status> {
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name);
+        let mut outcomes = HashMap::new();
+        for outcome in metrics::all_outcomes() {
+            outcomes.insert(outcome, counter(&metrics::outcome(outcome))?);
+        }
+        let mut credential = HashMap::new();
+        for result in metrics::CREDENTIAL_RESULTS {
+            credential.insert(result, counter(&metrics::credential(result))?);
+        }
+        Ok(Stats {
+            outcomes,
+            credential,
+            jwks_ok: counter(metrics::JWKS_FETCH_OK)?,
+            jwks_failed: counter(metrics::JWKS_FETCH_FAILED)?,
+            single_use_records: hostcalls::define_metric(
+                MetricType::Gauge,
+                metrics::SINGLE_USE_RECORDS,
+            )?,
+            throttled_users: hostcalls::define_metric(MetricType::Gauge, metrics::THROTTLED_USERS)?,
+            credential_latency_ms: hostcalls::define_metric(
+                MetricType::Histogram,
+                metrics::CREDENTIAL_LATENCY_MS,
+            )?,
+            filter_time_us: hostcalls::define_metric(
+                MetricType::Histogram,
+                metrics::FILTER_TIME_US,
+            )?,
+        })
+    }
+
+    // Stats are best effort: a failed increment must never fail a request.
+    fn count(&self, id: Option<&u32>) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    fn outcome(&self, outcome: &str) {
+        self.count(self.outcomes.get(outcome));
+    }
+
+    fn credential(&self, result: &str) {
+        self.count(self.credential.get(result));
+    }
+
+    fn record(&self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
 
 /// Envoy's shared data: one key-value store for all VMs with the same `vm_id` (all workers).
 struct EnvoyStore;
@@ -95,6 +169,7 @@ impl Root {
         }
         Root {
             config: None,
+            stats: None,
             remote: None,
             verified: None,
             ids: Rc::new(RefCell::new(XidGenerator::new(seed))),
@@ -112,6 +187,10 @@ impl Root {
         self.last_sweep_ms = now;
         let used = single_use::sweep(&EnvoyStore, &config.single_use, now);
         let users = throttle::sweep(&EnvoyStore, &config.throttle, now);
+        if let (Some(stats), Ok(used), Ok(users)) = (&self.stats, &used, &users) {
+            stats.record(stats.single_use_records, *used as u64);
+            stats.record(stats.throttled_users, *users as u64);
+        }
         match (used, users) {
             (Ok(used), Ok(users)) => log(
                 LogLevel::Debug,
@@ -151,7 +230,15 @@ impl Context for Root {
         let Some(remote) = &self.remote else { return };
         let (status, body) = call_response(body_size, MAX_JWKS_BYTES);
         let mut remote = remote.borrow_mut();
-        match remote.on_answer(status, &body, now_ms()) {
+        let answer = remote.on_answer(status, &body, now_ms());
+        if let Some(stats) = &self.stats {
+            stats.count(Some(if answer.is_ok() {
+                &stats.jwks_ok
+            } else {
+                &stats.jwks_failed
+            }));
+        }
+        match answer {
             Ok((count, skipped)) => {
                 // Tokens verified with the old set must be verified again with the new one.
                 if let Some(verified) = &self.verified {
@@ -227,6 +314,16 @@ impl RootContext for Root {
                     log(LogLevel::Critical, "otp-filter: cannot set a tick period");
                     return false;
                 }
+                match Stats::define() {
+                    Ok(stats) => self.stats = Some(Rc::new(stats)),
+                    Err(status) => {
+                        log(
+                            LogLevel::Critical,
+                            &format!("otp-filter: cannot define its stats: {status:?}"),
+                        );
+                        return false;
+                    }
+                }
                 let (entries, seconds) = match &config.token.source {
                     TokenSource::Jwt => (config.token.cache_entries, config.token.cache_seconds),
                     TokenSource::Introspection(i) => (i.cache_entries, i.cache_seconds),
@@ -255,6 +352,9 @@ impl RootContext for Root {
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             config: self.config.clone(),
+            stats: self.stats.clone(),
+            busy_ns: 0,
+            call_started_ms: 0,
             remote: self.remote.clone(),
             verified: self.verified.clone(),
             ids: Rc::clone(&self.ids),
@@ -271,6 +371,10 @@ impl RootContext for Root {
 struct Http {
     /// `None` only if Envoy created a stream despite a refused config; then every request fails closed.
     config: Option<Rc<Config>>,
+    stats: Option<Rc<Stats>>,
+    /// Time spent inside this filter's callbacks for this request (for `otp_filter.time.filter_us`).
+    busy_ns: u64,
+    call_started_ms: u64,
     remote: Option<Rc<RefCell<RemoteJwks>>>,
     verified: Option<Rc<RefCell<ClaimsCache>>>,
     ids: Rc<RefCell<XidGenerator>>,
@@ -420,6 +524,9 @@ impl Http {
         match step {
             Step::Wait => Action::Pause,
             Step::Continue => {
+                if let Some(stats) = &self.stats {
+                    stats.outcome("gate_passed");
+                }
                 log(
                     LogLevel::Debug,
                     &format!(
@@ -452,7 +559,10 @@ impl Http {
                     timeout,
                 );
                 match sent {
-                    Ok(_) => Action::Pause,
+                    Ok(_) => {
+                        self.call_started_ms = now_ms();
+                        Action::Pause
+                    }
                     Err(status) => {
                         log(
                             LogLevel::Warn,
@@ -468,6 +578,9 @@ impl Http {
                 }
             }
             Step::Reply { reply, outcome } => {
+                if let Some(stats) = &self.stats {
+                    stats.outcome(outcome);
+                }
                 send(exchange.request_id(), reply, outcome);
                 Action::Pause
             }
@@ -501,7 +614,19 @@ fn send(request_id: &str, reply: Reply, outcome: &str) {
 }
 
 impl Context for Http {
-    fn on_http_call_response(&mut self, _: u32, _: usize, body_size: usize, _: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+        trailers: usize,
+    ) {
+        self.timed(|http| http.call_answered(token, headers, body_size, trailers));
+    }
+}
+
+impl Http {
+    fn call_answered(&mut self, _: u32, _: usize, body_size: usize, _: usize) {
         let (Some(config), Some(exchange)) = (self.config.clone(), self.exchange.as_mut()) else {
             return;
         };
@@ -515,6 +640,13 @@ impl Context for Http {
         let mut cache = self.verified.as_ref().map(|c| c.borrow_mut());
         let step = exchange.on_answer(&ctx, cache.as_deref_mut(), status, &body);
         drop(cache);
+        if let (Some(stats), Some(result)) = (&self.stats, exchange.take_credential_result()) {
+            stats.credential(result);
+            stats.record(
+                stats.credential_latency_ms,
+                ctx.now_ms.saturating_sub(self.call_started_ms),
+            );
+        }
         // Outside the request's own callbacks, letting it go on takes an explicit resume.
         if self.perform(&config, step) == Action::Continue
             && hostcalls::resume_http_request().is_err()
@@ -528,26 +660,42 @@ impl Context for Http {
     }
 }
 
+impl Http {
+    /// Runs one callback and adds its duration to the request's time in the filter.
+    fn timed<T>(&mut self, callback: impl FnOnce(&mut Self) -> T) -> T {
+        let started = now_ns();
+        let result = callback(self);
+        self.busy_ns += now_ns().saturating_sub(started);
+        result
+    }
+}
+
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        match self.start(end_of_stream) {
+        self.timed(|http| match http.start(end_of_stream) {
             Ok(action) => action,
             Err(()) => {
-                let id = self.ids.borrow_mut().next(now_ms() / 1000);
+                let id = http.ids.borrow_mut().next(now_ms() / 1000);
                 let failure = Failure::Internal("The request headers could not be read.");
                 send(&id, jsonapi::error_reply(failure, &id), failure.code());
                 Action::Pause
             }
-        }
+        })
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.buffered = body_size;
-        self.body_progress(end_of_stream)
+        self.timed(|http| http.body_progress(end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, _: usize) -> Action {
         // Trailers end the request: the body held so far is the whole body.
-        self.body_progress(true)
+        self.timed(|http| http.body_progress(true))
+    }
+
+    fn on_log(&mut self) {
+        if let (Some(stats), Some(_)) = (&self.stats, &self.exchange) {
+            stats.record(stats.filter_time_us, self.busy_ns / 1000);
+        }
     }
 }

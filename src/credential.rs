@@ -93,6 +93,21 @@ pub fn callout(
     }
 }
 
+/// The `otp_filter.credential.<result>` a callout's answer counts as.
+pub fn result_name(answer: &Result<Verdict, Failure>) -> &'static str {
+    match answer {
+        Ok(Verdict::Valid) => "valid",
+        Ok(Verdict::Invalid) => "invalid",
+        Ok(Verdict::UnknownUser) => "unknown_user",
+        Ok(Verdict::MissingLinkedIdentity) => "missing_linked_identity",
+        Ok(Verdict::Locked { .. }) => "locked",
+        Err(Failure::CredentialServiceUnavailable) => "unavailable",
+        Err(Failure::CredentialServiceTimeout) => "timeout",
+        Err(Failure::CredentialServiceError) => "error",
+        Err(_) => "bad_answer",
+    }
+}
+
 /// Reads the callout's answer. `status` is `None` when Envoy delivered no `:status` at all.
 pub fn read_answer(status: Option<u16>, body: &[u8]) -> Result<Verdict, Failure> {
     match status {

@@ -88,6 +88,46 @@ impl Failure {
         }
     }
 
+    /// Every code `code()` can return, for defining one counter per code up front.
+    pub const ALL_CODES: [&'static str; 36] = [
+        "method-not-allowed",
+        "token-missing",
+        "token-malformed",
+        "token-key-unknown",
+        "token-signature-invalid",
+        "token-expired",
+        "token-not-yet-valid",
+        "token-claims-invalid",
+        "token-inactive",
+        "token-rejected",
+        "insufficient-scope",
+        "not-acceptable",
+        "unsupported-media-type",
+        "payload-too-large",
+        "body-not-json",
+        "body-invalid",
+        "field-invalid",
+        "credentials-missing",
+        "too-many-attempts",
+        "invalid-credentials",
+        "user-not-found",
+        "otp-not-valid",
+        "otp:invalid",
+        "shared-state-unavailable",
+        "single-use-ledger-full",
+        "missing-linked-identity",
+        "credential-service-unavailable",
+        "credential-service-timeout",
+        "credential-service-error",
+        "credential-service-bad-answer",
+        "jwks-unavailable",
+        "introspection-unavailable",
+        "introspection-timeout",
+        "introspection-error",
+        "introspection-bad-answer",
+        "internal-error",
+    ];
+
     pub fn code(self) -> &'static str {
         use Failure::*;
         match self {
@@ -244,6 +284,67 @@ impl Failure {
             ),
             MissingLinkedIdentity => Some("Bearer realm=\"otp\""),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_codes_lists_every_variant_once() {
+        use Failure::*;
+        let every = [
+            MethodNotAllowed,
+            TokenMissing,
+            TokenMalformed(""),
+            TokenKeyUnknown,
+            TokenSignatureInvalid(""),
+            TokenExpired,
+            TokenNotYetValid,
+            TokenClaimsInvalid(""),
+            TokenInactive,
+            TokenRejected,
+            InsufficientScope,
+            NotAcceptable,
+            UnsupportedMediaType,
+            PayloadTooLarge,
+            BodyNotJson,
+            BodyInvalid(""),
+            FieldInvalid {
+                pointer: "",
+                detail: "",
+            },
+            CredentialsMissing,
+            Locked {
+                retry_after_seconds: 1,
+            },
+            InvalidCredentials,
+            UserNotFound,
+            OtpNotValid,
+            OtpRequired,
+            SharedStateUnavailable,
+            SingleUseLedgerFull,
+            MissingLinkedIdentity,
+            CredentialServiceUnavailable,
+            CredentialServiceTimeout,
+            CredentialServiceError,
+            CredentialServiceBadAnswer,
+            JwksUnavailable,
+            IntrospectionUnavailable,
+            IntrospectionTimeout,
+            IntrospectionError,
+            IntrospectionBadAnswer,
+            Internal(""),
+        ];
+        let codes: Vec<&str> = every.iter().map(|f| f.code()).collect();
+        assert_eq!(codes, Failure::ALL_CODES);
+        for f in every {
+            assert!(
+                !f.title().is_empty() && (400..600).contains(&f.status()),
+                "{f:?}"
+            );
         }
     }
 }

@@ -142,6 +142,8 @@ pub struct Exchange {
     early_body: EarlyBody,
     /// A gate's code taken from a header at the start.
     header_code: Option<Secret>,
+    /// What the last credential callout answered, for the stats (taken by the adapter).
+    credential_result: Option<&'static str>,
 }
 
 /// Accept, Content-Type and the declared length, in that order.
@@ -183,6 +185,7 @@ impl Exchange {
             after_token: None,
             early_body: EarlyBody::None,
             header_code: head.otp_header.map(|h| Secret::new(h.to_string())),
+            credential_result: None,
         };
         if let Route::Create | Route::Verify = route {
             if head.method != "POST" {
@@ -205,6 +208,11 @@ impl Exchange {
 
     pub fn route(&self) -> Route {
         self.route
+    }
+
+    /// What the last credential callout answered, once (for the stats).
+    pub fn take_credential_result(&mut self) -> Option<&'static str> {
+        self.credential_result.take()
     }
 
     /// The scope the route needs: create and verify have their own; gates need none (the upstream
@@ -512,7 +520,9 @@ impl Exchange {
                 ))
             }
         };
-        match credential::read_answer(status, body) {
+        let answer = credential::read_answer(status, body);
+        self.credential_result = Some(credential::result_name(&answer));
+        match answer {
             Err(failure) => self.fail(failure),
             Ok(Verdict::Valid) => {
                 if let Err(e) =

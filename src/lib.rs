@@ -13,6 +13,7 @@ pub mod introspection;
 pub mod jsonapi;
 pub mod jwk;
 pub mod jwks;
+pub mod metrics;
 pub mod negotiation;
 pub mod otp;
 pub mod request_id;

@@ -287,6 +287,23 @@ impl Envoy {
         });
     }
 
+    /// The filter's counters from the admin endpoint, by name without the `wasmcustom.` prefix.
+    pub fn counters(&self) -> std::collections::BTreeMap<String, u64> {
+        let stats = get(self.admin_port, "/stats?format=json&filter=otp_filter").json();
+        stats["stats"]
+            .as_array()
+            .expect("stats")
+            .iter()
+            .filter_map(|s| {
+                let name = s["name"]
+                    .as_str()?
+                    .trim_start_matches("wasmcustom.")
+                    .to_string();
+                Some((name, s["value"].as_u64()?))
+            })
+            .collect()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
