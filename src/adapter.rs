@@ -31,6 +31,7 @@ use crate::throttle;
 use crate::token::TokenSource;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+const GIT_HASH: &str = env!("OTP_FILTER_GIT_HASH");
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -275,7 +276,10 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
-        log(LogLevel::Info, &format!("otp-filter {VERSION} started"));
+        log(
+            LogLevel::Info,
+            &format!("otp-filter {VERSION} ({GIT_HASH}) started"),
+        );
         true
     }
 

@@ -16,6 +16,7 @@
 //! introspection endpoint (see `introspect.rs`), enabled by env
 //! `INTROSPECTION_CLIENT_SECRET`.
 
+mod http;
 mod introspect;
 mod lockout;
 mod protocol;
@@ -26,7 +27,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -35,8 +36,7 @@ use argon2::Argon2;
 
 use crate::introspect::Introspector;
 use crate::lockout::LockoutPolicy;
-use crate::protocol::MAX_BODY_BYTES;
-use crate::service::{BodyError, Service};
+use crate::service::Service;
 use crate::store::Store;
 
 const USAGE: &str = "usage:
@@ -277,24 +277,15 @@ fn serve(cfg: &ServeConfig) -> Result<(), String> {
     let store = Store::embedded(policy).map_err(|e| format!("embedded user store: {e}"))?;
     let introspector = introspector(cfg)?;
     let introspection = if introspector.is_some() { "on" } else { "off" };
-    let service = Arc::new(
-        Service::new(store, auth)
-            .with_jwks_file(cfg.jwks_file.as_ref().map(PathBuf::from))
-            .with_introspector(introspector),
-    );
+    let service = Service::new(store, auth)
+        .with_jwks_file(cfg.jwks_file.as_ref().map(PathBuf::from))
+        .with_introspector(introspector);
 
     let listener = TcpListener::bind(&cfg.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    if let Err(e) = set_listener_nodelay(&listener) {
-        eprintln!("warning: could not set TCP_NODELAY: {e}");
-    }
     let addr = listener
         .local_addr()
         .map_err(|e| format!("local address: {e}"))?;
-    let server = Arc::new(
-        tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| format!("starting HTTP server: {e}"))?,
-    );
 
     // Paths and the client id are not secrets; the client secret is never printed.
     eprintln!(
@@ -324,95 +315,87 @@ fn serve(cfg: &ServeConfig) -> Result<(), String> {
         .map_err(|e| format!("stdout: {e}"))?;
     drop(stdout);
 
-    // argon2 is CPU-bound; a few more workers than cores keeps /healthz and /v1/stats
-    // answering while verifications run.
+    // Every connection has its own thread (see `http.rs`), but argon2 is CPU-bound and
+    // needs 19 MiB a check: at most a few more requests than cores are handled at once.
+    // /healthz and /v1/stats skip the queue, so they answer while verifications run.
     let workers = thread::available_parallelism()
         .map_or(2, usize::from)
         .saturating_mul(2)
         .clamp(4, 16);
-    // Workers only return when the server is broken (tiny_http stops accepting after an
-    // accept error); then stop the whole process rather than linger half-alive.
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    for _ in 0..workers {
-        let server = Arc::clone(&server);
-        let service = Arc::clone(&service);
-        let done = done_tx.clone();
-        thread::spawn(move || {
-            worker(&server, &service);
-            let _ = done.send(());
-        });
-    }
-    drop(done_tx);
-    let _ = done_rx.recv();
-    Err("HTTP server stopped accepting connections".to_owned())
+    let slots = Slots::new(workers);
+    http::serve(listener, http::Limits::default(), move |exchange| {
+        serve_one(&service, &slots, exchange);
+    })
 }
 
-fn worker(server: &tiny_http::Server, service: &Service) {
-    loop {
-        match server.recv() {
-            Ok(rq) => serve_one(service, rq),
-            Err(e) => {
-                eprintln!("credential-service: accept failed: {e}");
-                return;
-            }
+/// A counting semaphore bounding the requests handled at once.
+struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: usize) -> Self {
+        Slots {
+            free: Mutex::new(n),
+            freed: Condvar::new(),
         }
     }
-}
 
-fn header<'a>(rq: &'a tiny_http::Request, name: &'static str) -> Option<&'a str> {
-    rq.headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
-}
-
-fn read_body(rq: &mut tiny_http::Request) -> Result<Vec<u8>, BodyError> {
-    if rq.body_length().is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(BodyError::TooLarge);
+    fn acquire(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        while *free == 0 {
+            free = self
+                .freed
+                .wait(free)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *free -= 1;
+        SlotGuard(self)
     }
-    let mut body = Vec::with_capacity(rq.body_length().unwrap_or(256).min(MAX_BODY_BYTES));
-    rq.as_reader()
-        .take(MAX_BODY_BYTES as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|_| BodyError::Unreadable)?;
-    if body.len() > MAX_BODY_BYTES {
-        return Err(BodyError::TooLarge);
-    }
-    Ok(body)
 }
 
-fn serve_one(service: &Service, mut rq: tiny_http::Request) {
-    let method = rq.method().as_str().to_owned();
-    let url = rq.url().to_owned();
-    let authorization = header(&rq, "authorization").map(str::to_owned);
-    let request_id = header(&rq, "request-id").map(str::to_owned);
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+fn serve_one(service: &Service, slots: &Slots, exchange: &mut http::Exchange<'_>) {
+    let method = exchange.method().to_owned();
+    let url = exchange.target().to_owned();
+    let authorization = exchange.header("authorization").map(str::to_owned);
+    let request_id = exchange.header("request-id").map(str::to_owned);
 
     let req = service::Request {
         method: &method,
         url: &url,
         authorization: authorization.as_deref(),
     };
-    let answer = service.handle(&req, &mut || read_body(&mut rq));
+    let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
+    let cheap = matches!(path, service::HEALTH_PATH | service::STATS_PATH);
+    let slot = (!cheap).then(|| slots.acquire());
+    let answer = service.handle(&req, &mut || exchange.read_body());
+    drop(slot);
 
-    let mut response =
-        tiny_http::Response::from_data(answer.body.into_bytes()).with_status_code(answer.status);
-    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", answer.content_type) {
-        response.add_header(h);
-    }
+    let mut headers: Vec<(&str, &str)> = Vec::new();
     if let Some(allow) = answer.allow {
-        if let Ok(h) = tiny_http::Header::from_bytes("Allow", allow) {
-            response.add_header(h);
-        }
+        headers.push(("allow", allow));
     }
     if let Some(challenge) = answer.www_authenticate {
-        if let Ok(h) = tiny_http::Header::from_bytes("WWW-Authenticate", challenge) {
-            response.add_header(h);
-        }
+        headers.push(("www-authenticate", challenge));
     }
-    let sent = rq.respond(response);
+    let sent = exchange.respond(&http::Reply {
+        status: answer.status,
+        content_type: answer.content_type,
+        headers: &headers,
+        body: answer.body.as_bytes(),
+    });
 
     // One line per request. Never the body, the secret, a token or the authorization header.
-    let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
     let line = format!(
         "{} {} request-id={} user={} kind={} status={} result={}{}\n",
         clean(&method, 16),
@@ -451,36 +434,6 @@ fn clean(s: &str, max_chars: usize) -> String {
 
 fn quoted(v: Option<&str>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("\"{}\"", clean(v, 128)))
-}
-
-/// Accepted sockets inherit TCP_NODELAY from the listener on Linux; tiny_http gives no hook
-/// on the accepted sockets themselves. Responses already go out in one write (tiny_http
-/// buffers a whole small response and flushes once), this only rules out Nagle stalls.
-#[cfg(target_os = "linux")]
-fn set_listener_nodelay(listener: &TcpListener) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: the fd is owned by `listener` and open for the whole call; the option value
-    // pointer and length describe `one`, which outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast::<libc::c_void>(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_listener_nodelay(_listener: &TcpListener) -> io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

@@ -140,6 +140,36 @@ pub struct Envoy {
     _proc: Proc,
 }
 
+/// Secrets that must never appear in Envoy's log, whatever the test did: any JWT (they all start
+/// with the base64 of `{"`), the demo password and the dev-only keys and shared secrets.
+const NEVER_LOGGED: [&str; 5] = [
+    "eyJ",
+    "correct-horse-battery-staple",
+    "yNndX/Qxq7uAJihwEVB9yzuMdouxMLJlp4HF25eDOQI=",
+    "dev-only-credential-secret",
+    "dev-only-introspection-secret",
+];
+
+impl Drop for Envoy {
+    /// Every end-to-end test doubles as a log audit: on drop, Envoy's log (with wasm at debug) is
+    /// scanned for secrets. Skipped when the test is already failing.
+    fn drop(&mut self) {
+        if thread::panicking() {
+            return;
+        }
+        // Let the last lines reach the file (flush interval 50 ms).
+        thread::sleep(Duration::from_millis(100));
+        let log = self.log_text();
+        for secret in NEVER_LOGGED {
+            assert!(
+                !log.contains(secret),
+                "Envoy's log contains a secret ({}...)",
+                &secret[..3]
+            );
+        }
+    }
+}
+
 /// The shipped demo config with test ports and an absolute .wasm path; `edit` may change more.
 /// The credential service also serves the JWKS.
 pub fn demo_config(credential_port: u16, edit: impl FnOnce(String) -> String) -> String {
