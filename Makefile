@@ -13,7 +13,7 @@ TOKEN_BIN     := target/release/demo-token
 # DEV ONLY: the callout secret the demo Envoy config sends (envoy/envoy.yaml).
 DEMO_CALLOUT_AUTH := Bearer dev-only-credential-secret
 
-.PHONY: all build wasm-target run token test validate lint clean bench-native bench-envoy
+.PHONY: all build wasm-target run token test validate lint clean bench-native bench-envoy fuzz fuzz-smoke fuzz-tools
 
 all: build
 
@@ -60,11 +60,33 @@ validate: build $(ENVOY_STAMP)
 
 lint: wasm-target
 	cargo fmt --all -- --check
+	cd fuzz && cargo fmt -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p otp-filter --target wasm32-wasip1 -- -D warnings
 
-test: lint validate
+# The fuzz smoke run goes first so that cargo test's summary closes the output.
+test: lint validate fuzz-smoke
 	cargo test --workspace
+
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly) of every parser that sees untrusted
+# bytes. `make fuzz` runs each target FUZZ_SECONDS; `make fuzz-smoke` is the short run `make test`
+# does. New inputs go to a temporary directory; the committed seeds in fuzz/corpus stay as they are.
+FUZZ_TARGETS := body negotiation token answers config
+FUZZ_SECONDS ?= 60
+
+fuzz-tools:
+	@rustup toolchain list | grep -q '^nightly' || { echo "fuzzing needs the nightly toolchain"; exit 1; }
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+
+fuzz: fuzz-tools
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  scratch=$$(mktemp -d); \
+	  cargo +nightly fuzz run $$t $$scratch corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -print_funcs=0 -print_final_stats=1 || exit 1; \
+	  rm -rf $$scratch; \
+	done
+
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=8
 
 # Native cost of the logic, as ratios to a baseline in the same run. Never part of `make test`.
 bench-native:
