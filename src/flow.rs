@@ -1258,6 +1258,14 @@ mod one_time_tests {
 
     const NOW_MS: u64 = NOW * 1000;
 
+    fn ctx<'a>(config: &'a Config, store: &'a MemoryStore) -> Ctx<'a> {
+        Ctx {
+            config,
+            store,
+            now_ms: NOW_MS,
+        }
+    }
+
     fn config_with_gates() -> Config {
         let mut value = testkit::config_json();
         value["gates"] = json!([
@@ -1337,11 +1345,7 @@ mod one_time_tests {
     fn verify_accepts_a_code_once_and_needs_the_verify_scope() {
         let config = config_with_gates();
         let store = MemoryStore::new();
-        let ctx = Ctx {
-            config: &config,
-            store: &store,
-            now_ms: NOW_MS,
-        };
+        let ctx = ctx(&config, &store);
         let both = merged(
             &claims(),
             &json!({"scope": "user:otp:create user:otp:verify"}),
@@ -1372,11 +1376,7 @@ mod one_time_tests {
     fn the_throttle_counts_guesses_before_asking_and_locks() {
         let config = config_with_gates();
         let store = MemoryStore::new();
-        let ctx = Ctx {
-            config: &config,
-            store: &store,
-            now_ms: NOW_MS,
-        };
+        let ctx = ctx(&config, &store);
         let auth = format!("Bearer {}", testkit::rs256(&claims()));
         for _ in 0..5 {
             assert_eq!(
@@ -1415,11 +1415,7 @@ mod one_time_tests {
     fn a_valid_password_resets_the_budget() {
         let config = config_with_gates();
         let store = MemoryStore::new();
-        let ctx = Ctx {
-            config: &config,
-            store: &store,
-            now_ms: NOW_MS,
-        };
+        let ctx = ctx(&config, &store);
         let auth = format!("Bearer {}", testkit::rs256(&claims()));
         for _ in 0..4 {
             run(&ctx, Route::Create, &auth, None, r#"{"pin":"0000"}"#);
@@ -1452,11 +1448,7 @@ mod one_time_tests {
     fn gates_pass_a_valid_code_once() {
         let config = config_with_gates();
         let store = MemoryStore::new();
-        let ctx = Ctx {
-            config: &config,
-            store: &store,
-            now_ms: NOW_MS,
-        };
+        let ctx = ctx(&config, &store);
         let auth = format!("Bearer {}", testkit::rs256(&claims()));
         let code = code(&config, "demo-user");
         let body = json!({"data": {"attributes": {"otp": code}}}).to_string();
