@@ -13,7 +13,7 @@ TOKEN_BIN     := target/release/demo-token
 # DEV ONLY: the callout secret the demo Envoy config sends (envoy/envoy.yaml).
 DEMO_CALLOUT_AUTH := Bearer dev-only-credential-secret
 
-.PHONY: all build wasm-target run token test validate lint clean bench-native bench-envoy fuzz fuzz-smoke fuzz-tools
+.PHONY: all build wasm-target run token test validate lint clean bench-native bench-envoy fuzz fuzz-smoke fuzz-tools bench
 
 all: build
 
@@ -96,6 +96,11 @@ bench-native:
 # Token verification inside Envoy's V8, per algorithm. Never part of `make test`.
 bench-envoy: build $(ENVOY_STAMP)
 	cargo bench --bench in_envoy
+
+# Throughput in Envoy (--concurrency 2) against plain-Envoy baselines, medians of 3 runs; writes
+# bench/results.md and bench/results.png. About 3 minutes. Never part of `make test`.
+bench: build $(ENVOY_STAMP)
+	cargo bench --bench throughput
 
 clean:
 	cargo clean
