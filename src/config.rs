@@ -182,6 +182,20 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// The fields every callout target has: `cluster`, `authority`, `path` (starting with `/`)
+    /// and `timeout_ms` (default 2000).
+    fn upstream(&mut self, default_path: Option<&str>) -> (String, String, String, Duration) {
+        let cluster = self.string("cluster", None);
+        let authority = self.string("authority", None);
+        let path = self.string("path", default_path);
+        // An empty path was reported by `string` already.
+        if !path.is_empty() && !path.starts_with('/') {
+            self.problem("path", "must start with /");
+        }
+        let timeout = Duration::from_millis(self.integer("timeout_ms", 2000, 1, 60_000));
+        (cluster, authority, path, timeout)
+    }
+
     /// Refuses whatever was not consumed: a typo must not silently fall back to a default.
     fn finish(self) {
         let mut unknown: Vec<&String> = self.fields.keys().collect();
@@ -284,13 +298,7 @@ fn credential_section(
         problems.push("credential_service: is required".into());
     }
     let mut s = Section::new("credential_service", value, problems);
-    let cluster = s.string("cluster", None);
-    let authority = s.string("authority", None);
-    let path = s.string("path", Some("/v1/credentials/verify"));
-    if !path.starts_with('/') {
-        s.problem("path", "must start with /");
-    }
-    let timeout = Duration::from_millis(s.integer("timeout_ms", 2000, 1, 60_000));
+    let (cluster, authority, path, timeout) = s.upstream(Some("/v1/credentials/verify"));
     let auth = s.take("auth_header");
     s.finish();
 
@@ -452,13 +460,7 @@ fn introspection_section(
     problems: &mut Vec<String>,
 ) -> IntrospectionSettings {
     let mut i = Section::new("token.introspection", Some(value), problems);
-    let cluster = i.string("cluster", None);
-    let authority = i.string("authority", None);
-    let path = i.string("path", None);
-    if !path.is_empty() && !path.starts_with('/') {
-        i.problem("path", "must start with /");
-    }
-    let timeout = Duration::from_millis(i.integer("timeout_ms", 2000, 1, 60_000));
+    let (cluster, authority, path, timeout) = i.upstream(None);
     let client_id = i.string("client_id", None);
     let variable = i.string("client_secret_env", None);
     let cache_seconds = i.integer("cache_seconds", 30, 0, 300);
@@ -541,13 +543,7 @@ fn hmac_key(
 
 fn remote_jwks_section(value: Value, problems: &mut Vec<String>) -> RemoteJwksSettings {
     let mut r = Section::new("token.remote_jwks", Some(value), problems);
-    let cluster = r.string("cluster", None);
-    let authority = r.string("authority", None);
-    let path = r.string("path", None);
-    if !path.is_empty() && !path.starts_with('/') {
-        r.problem("path", "must start with /");
-    }
-    let timeout = Duration::from_millis(r.integer("timeout_ms", 2000, 1, 60_000));
+    let (cluster, authority, path, timeout) = r.upstream(None);
     let refresh = Duration::from_secs(r.integer("refresh_seconds", 300, 10, 86_400));
     let min_refetch = Duration::from_secs(r.integer("min_refetch_seconds", 30, 1, 3600));
     r.finish();
