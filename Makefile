@@ -13,7 +13,7 @@ TOKEN_BIN     := target/release/demo-token
 # DEV ONLY: the callout secret the demo Envoy config sends (envoy/envoy.yaml).
 DEMO_CALLOUT_AUTH := Bearer dev-only-credential-secret
 
-.PHONY: all build wasm-target run token test validate lint clean bench-native bench-envoy fuzz fuzz-smoke fuzz-tools bench
+.PHONY: all build wasm-target run token test validate lint clean build-crash-test bench-native bench-envoy fuzz fuzz-smoke fuzz-tools bench soak
 
 all: build
 
@@ -65,8 +65,14 @@ lint: wasm-target
 	cargo clippy -p otp-filter --target wasm32-wasip1 -- -D warnings
 
 # The fuzz smoke run goes first so that cargo test's summary closes the output.
-test: lint validate fuzz-smoke
+test: lint validate fuzz-smoke build-crash-test
 	cargo test --workspace
+
+# TEST-ONLY .wasm for tests/failure_policy.rs: the `crash-test` feature adds a header that panics
+# the filter. Its own cheap profile and directory (target/wasm32-wasip1/crash-test/), so the
+# release .wasm is never replaced. Never deploy it.
+build-crash-test: wasm-target
+	cargo build --profile crash-test --target wasm32-wasip1 -p otp-filter --features crash-test
 
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly) of every parser that sees untrusted
 # bytes. `make fuzz` runs each target FUZZ_SECONDS; `make fuzz-smoke` is the short run `make test`
@@ -100,7 +106,16 @@ bench-envoy: build $(ENVOY_STAMP)
 # Throughput in Envoy (--concurrency 2) against plain-Envoy baselines, medians of 3 runs; writes
 # bench/results.md and bench/results.png. About 3 minutes. Never part of `make test`.
 bench: build $(ENVOY_STAMP)
+	cargo build --release --target wasm32-wasip1 --manifest-path benches/floor-filter/Cargo.toml --target-dir target
 	cargo bench --bench throughput
+
+# Soak: SOAK_SECONDS (300) of mixed valid and invalid requests against one Envoy (--concurrency 2)
+# and the reference credential service, on loopback. Fails on any unexpected status, a VM failure
+# (stats or log), a secret in the log, or Envoy's VmRSS or RssAnon growing 10% or more after
+# warm-up; prints the figures. Never part of `make test`. Knobs: see benches/soak.rs.
+SOAK_SECONDS ?= 300
+soak: build $(ENVOY_STAMP)
+	SOAK_SECONDS=$(SOAK_SECONDS) cargo bench --bench soak
 
 clean:
 	cargo clean

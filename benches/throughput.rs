@@ -10,11 +10,13 @@
 //! BENCH_VERIFY_USERS (users minted for (g); 0 = sized from the rates of the first round),
 //! BENCH_CREATE_USERS (users for (e), one per connection by default; 1 = one user for all),
 //! BENCH_ONLY (e.g. `a,b`: run only these, and print without writing bench/; also the diagnostics
-//! `e401` and `e406`, which are off by default).
+//! `e401` and `e406`, which are off by default), BENCH_H_WASM and BENCH_E_WASM (another .wasm
+//! in place of the floor filter, or of otp-filter in config D: an A/B of two builds in one run).
 //!
-//! Everything runs on loopback with ports the OS picks: four Envoys (one per config), a fast
-//! credential stub, a fast "upstream" stub for the proxy hop, and the reference credential service
-//! serving the JWKS only. The scenarios run round-robin (a b c d e g, a b c d e g, ...), so a drift
+//! Everything runs on loopback with ports the OS picks: five Envoys (one per config), a fast
+//! credential stub, a fast "upstream" stub for the proxy hop, the native peer service for (f)
+//! (`native_peer`), and the reference credential service serving the JWKS only. (h) loads the
+//! bench-only floor filter (`benches/floor-filter`), which `make bench` builds. The scenarios run round-robin (a b c d e g, a b c d e g, ...), so a drift
 //! in the machine's state spreads over all of them instead of biasing one.
 
 // A benchmark fails by panicking, like a test.
@@ -27,6 +29,9 @@
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "native_peer/mod.rs"]
+mod native_peer;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -698,18 +703,57 @@ fn filter_on_catch_all(c: String) -> String {
     replace_once(&c, ROUTE_DISABLED, "")
 }
 
-/// (d), (e), (g): a `/hop` route (filter disabled) to a `hop` cluster at the fast upstream stub,
-/// and room for 100 failures per user so the verify scenario sees its 404s.
-fn hop_and_throttle(c: String, hop_port: u16) -> String {
-    let hop_route = format!(
-        "              - match: {{ prefix: \"/hop\" }}\n                route: {{ cluster: hop, timeout: 5s }}\n{ROUTE_DISABLED}{CATCH_ALL_ROUTE}"
+/// (d), (e), (f), (g): a `/hop` route (filter disabled) to a `hop` cluster at the fast upstream
+/// stub, a `/peer/` route (filter disabled, prefix stripped) to the native peer service, and room
+/// for 100 failures per user so the verify scenario sees its 404s.
+fn hop_and_throttle(c: String, hop_port: u16, peer_port: u16) -> String {
+    let cluster = |name: &str, port: u16| {
+        format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n"
+        )
+    };
+    let routes = format!(
+        "              - match: {{ prefix: \"/hop\" }}\n                route: {{ cluster: hop, timeout: 5s }}\n{ROUTE_DISABLED}\
+         {PEER_ROUTE}{ROUTE_DISABLED}{CATCH_ALL_ROUTE}"
     );
-    let hop_cluster = format!(
-        "{CLUSTERS}  - name: hop\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: hop\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {hop_port} }}\n"
+    let clusters = format!(
+        "{CLUSTERS}{}{}",
+        cluster("hop", hop_port),
+        cluster("peer", peer_port)
     );
-    let c = replace_once(&c, CATCH_ALL_ROUTE, &hop_route);
-    let c = replace_once(&c, CLUSTERS, &hop_cluster);
+    let c = replace_once(&c, CATCH_ALL_ROUTE, &routes);
+    let c = replace_once(&c, CLUSTERS, &clusters);
     replace_once(&c, MAX_FAILURES, r#""max_failures": 100,"#)
+}
+
+const PEER_ROUTE: &str = "              - match: { prefix: \"/peer/\" }\n                route: { cluster: peer, timeout: 5s, prefix_rewrite: \"/\" }\n";
+
+/// (h): config D with the bench-only floor filter (benches/floor-filter) in place of otp-filter.
+fn with_floor_filter(c: String) -> String {
+    with_wasm(c, &floor_wasm())
+}
+
+fn with_wasm(c: String, path: &std::path::Path) -> String {
+    replace_once(
+        &c,
+        &format!("filename: {}", wasm().display()),
+        &format!("filename: {}", path.display()),
+    )
+}
+
+/// The floor filter's .wasm; `BENCH_H_WASM` puts another build there instead, for an A/B of a
+/// change in one run (e.g. `cp` the old `otp_filter.wasm` aside, rebuild, compare (h) with (e)).
+/// Whether an A/B .wasm is a build of otp-filter (whose token keys must load before measuring)
+/// rather than of the floor filter: by its file name.
+fn is_otp_filter(path: &std::ffi::OsStr) -> bool {
+    path.to_string_lossy().contains("otp")
+}
+
+fn floor_wasm() -> std::path::PathBuf {
+    match std::env::var_os("BENCH_H_WASM") {
+        Some(path) => path.into(),
+        None => root().join("target/wasm32-wasip1/release/floor_filter.wasm"),
+    }
 }
 
 struct Proxy {
@@ -833,8 +877,14 @@ fn main() {
     let jwks = CredentialService::start(&[]);
     let stubs = [cred_stub, hop_stub];
     let (cred_port, hop_port) = (stubs[0].port, stubs[1].port);
+    let peer = native_peer::NativePeer::start(cred_port, jwks.port);
+    assert!(
+        floor_wasm().exists(),
+        "{} is missing: `make bench` builds it",
+        floor_wasm().display()
+    );
 
-    println!("starting four Envoys (--concurrency 2 each) ...");
+    println!("starting five Envoys (--concurrency 2 each) ...");
     let proxies = [
         Proxy::start(
             "A: no wasm filter",
@@ -852,9 +902,22 @@ fn main() {
             true,
         ),
         Proxy::start(
-            "D: + /hop, max_failures 100",
-            &demo_config_split(cred_port, jwks.port, |c| hop_and_throttle(c, hop_port)),
-            true,
+            "D: + /hop, /peer/, max_failures 100",
+            &demo_config_split(cred_port, jwks.port, |c| {
+                let c = hop_and_throttle(c, hop_port, peer.port);
+                match std::env::var_os("BENCH_E_WASM") {
+                    Some(path) => with_wasm(c, std::path::Path::new(&path)),
+                    None => c,
+                }
+            }),
+            std::env::var_os("BENCH_E_WASM").is_none_or(|p| is_otp_filter(&p)),
+        ),
+        Proxy::start(
+            "E: D with the floor filter",
+            &demo_config_split(cred_port, jwks.port, |c| {
+                with_floor_filter(hop_and_throttle(c, hop_port, peer.port))
+            }),
+            std::env::var_os("BENCH_H_WASM").is_some_and(|p| is_otp_filter(&p)),
         ),
     ];
     let meter = CpuMeter {
@@ -926,6 +989,33 @@ fn main() {
             "(e)",
             "POST /user/2021-2/user/otp: token + 1 callout to the fast stub + mint",
             3,
+            Pick::PerConn(
+                create_tokens
+                    .iter()
+                    .map(|t| json_post(OTP_PATH, t, create_body))
+                    .collect(),
+            ),
+            &[201],
+            Some(0),
+        ),
+        // The same bytes as (e) with `/peer` in front: Envoy strips it and proxies to the peer.
+        scenario(
+            "(f)",
+            "POST /peer/user/2021-2/user/otp: Envoy hop to a native Rust OTP service (same logic, same callout)",
+            3,
+            Pick::PerConn(
+                create_tokens
+                    .iter()
+                    .map(|t| json_post(&format!("/peer{OTP_PATH}"), t, create_body))
+                    .collect(),
+            ),
+            &[201],
+            Some(0),
+        ),
+        scenario(
+            "(h)",
+            "floor: (e)'s bytes to a minimal wasm filter (read body, 1 callout, fixed 201), no logic",
+            4,
             Pick::PerConn(
                 create_tokens
                     .iter()
@@ -1281,12 +1371,7 @@ fn report(
     )
     .unwrap();
     writeln!(w, "|---|---|---:|---:|---:|---:|---:|---|---|---|").unwrap();
-    let f_row =
-        "| (f) | not implemented yet (native peer service) | — | — | — | — | — | — | — | — |";
     for s in scenarios {
-        if s.key == "(g)" {
-            writeln!(w, "{f_row}").unwrap(); // (f) sits between (e) and (g)
-        }
         let per_run = s
             .runs
             .iter()
@@ -1326,9 +1411,6 @@ fn report(
         }
     }
 
-    if !scenarios.iter().any(|s| s.key == "(g)") {
-        writeln!(w, "{f_row}").unwrap();
-    }
     let runs = || scenarios.iter().flat_map(|s| &s.runs);
     writeln!(
         w,
@@ -1355,9 +1437,16 @@ fn report(
     writeln!(w, "|---|---:|---:|---|").unwrap();
     for (num, den, target) in [
         ("(e)", "(d)", "≥ 0.90"),
+        ("(e)", "(f)", "≥ 1.5"),
         ("(b)", "(a)", "≥ 0.98"),
         ("(c)", "(a)", "—"),
         ("(g)", "(d)", "—"),
+        (
+            "(h)",
+            "(d)",
+            "the floor: best (e)/(d) any wasm filter reaches",
+        ),
+        ("(e)", "(h)", "how close (e) is to that floor"),
     ] {
         let show = |r: Option<f64>| r.map_or("—".to_string(), |r| format!("{r:.3}"));
         writeln!(
@@ -1494,11 +1583,13 @@ fn report(
     writeln!(w, "\n## How each scenario is set up\n").unwrap();
     writeln!(
         w,
-        "- Four Envoys run side by side, each from `envoy/envoy.yaml` with small text edits: \
+        "- Five Envoys run side by side, each from `envoy/envoy.yaml` with small text edits: \
          **A** without the wasm filter (and its per-route config) for (a); **B** as shipped for \
          (b); **C** with the catch-all route's `disabled: true` removed for (c); **D** with a \
-         `/hop` route (filter disabled) to a `hop` cluster and `\"max_failures\": 100` for (d), (e) \
-         and (g). Scenarios run round-robin, (a)…(g) per round, so drift spreads over all of them."
+         `/hop` route (filter disabled) to a `hop` cluster, a `/peer/` route (filter disabled, \
+         prefix stripped) to the native peer, and `\"max_failures\": 100` for (d), (e), (f) and \
+         (g); **E** is D with `benches/floor-filter`'s .wasm instead of otp-filter's, for (h). \
+         Scenarios run round-robin, (a)…(h) per round, so drift spreads over all of them."
     )
     .unwrap();
     writeln!(
@@ -1512,6 +1603,18 @@ fn report(
         w,
         "- (d) sends the same bytes as (e) (bearer token, `content-type: application/json`, \
          `{{\"pin\":\"8299\"}}`), so the two differ only in what Envoy does with them."
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "- (f), the do-it-yourself peer (`benches/native_peer`), is what a team would build \
+         instead of the filter: a native Rust service behind an Envoy route that runs the very \
+         same `otp_filter::flow` (token check with the same cache, body, throttle, one keep-alive \
+         callout to the same stub, mint, JSON:API) in a thread per connection. Its CPU counts in \
+         *bench CPU*, not *Envoy CPU*. (h), the floor, is the least any proxy-wasm filter doing \
+         (e)'s job can cost here: `benches/floor-filter` reads the body, sends one \
+         `dispatch_http_call` with a fixed body to the same stub, reads the answer and replies \
+         a fixed 201, with no logic at all."
     )
     .unwrap();
     writeln!(
@@ -1624,13 +1727,13 @@ fn glyph(ch: char) -> [u8; 5] {
     }
 }
 
-/// Bars of median req/s per scenario, (a)…(g), with (f) as an empty slot; value above each bar,
+/// Bars of median req/s per scenario, (a)…(h), a missing one as an empty slot; value above each bar,
 /// letter below, a grid line per step with its value on the left.
 fn chart(scenarios: &[Scenario]) -> Vec<u8> {
     let (w, h) = (720usize, 400usize);
     let (left, right, top, bottom) = (70usize, 20usize, 30usize, 40usize);
     let mut c = Canvas::new(w, h);
-    let slots = ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)"];
+    let slots = ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)"];
     let value = |key: &str| {
         scenarios
             .iter()
@@ -1674,6 +1777,7 @@ fn chart(scenarios: &[Scenario]) -> Vec<u8> {
         [60, 160, 90],
         [200, 200, 200],
         [220, 130, 50],
+        [160, 120, 200],
     ];
     let slot_w = (w - left - right) / slots.len();
     let bar_w = slot_w * 3 / 5;

@@ -1,9 +1,11 @@
 //! The thin layer between Envoy and `flow`. Only this module calls the host.
 //!
 //! Host calls go through `proxy_wasm::hostcalls`, which return `Result`s, rather than the trait
-//! helpers, which `unwrap()`. Header values are read as bytes because the SDK's string getter
-//! panics on non-UTF-8 (Envoy accepts obs-text bytes in header values): one odd header from a
-//! client would otherwise kill the VM for every request on that worker.
+//! helpers, which `unwrap()`. Those wrappers still `panic!` on statuses they do not expect, so the
+//! reads whose status really varies (request headers, callout answers, buffers) use `host`, which
+//! returns every status. Header values are read as bytes because the SDK's string getter panics on
+//! non-UTF-8 (Envoy accepts obs-text bytes in header values): one odd header from a client would
+//! otherwise kill the VM for every request on that worker.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,6 +22,8 @@ use crate::config::{self, Config, OtpSource};
 use crate::credential::{Upstream, MAX_ANSWER_BYTES};
 use crate::failure::Failure;
 use crate::flow::{self, Ctx, Exchange, RequestHead, Route, Step, TokenState};
+use crate::header_map;
+use crate::host;
 use crate::introspection::MAX_ANSWER_BYTES as MAX_INTROSPECTION_BYTES;
 use crate::jsonapi::{self, Reply};
 use crate::jwks::{RemoteJwks, MAX_JWKS_BYTES};
@@ -227,9 +231,9 @@ impl Root {
 
 impl Context for Root {
     /// The JWKS answer (the root context sends no other callouts).
-    fn on_http_call_response(&mut self, _: u32, _: usize, body_size: usize, _: usize) {
+    fn on_http_call_response(&mut self, _: u32, num_headers: usize, body_size: usize, _: usize) {
         let Some(remote) = &self.remote else { return };
-        let (status, body) = call_response(body_size, MAX_JWKS_BYTES);
+        let (status, body) = call_response(num_headers, body_size, MAX_JWKS_BYTES);
         let mut remote = remote.borrow_mut();
         let answer = remote.on_answer(status, &body, now_ms());
         if let Some(stats) = &self.stats {
@@ -284,12 +288,12 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _: usize) -> bool {
-        let text = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+        let text = match host::buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
                 log(
                     LogLevel::Critical,
-                    &format!("otp-filter: cannot read its configuration: {status:?}"),
+                    &format!("otp-filter: cannot read its configuration: {status}"),
                 );
                 return false;
             }
@@ -359,6 +363,7 @@ impl RootContext for Root {
             stats: self.stats.clone(),
             busy_ns: 0,
             call_started_ms: 0,
+            call_timeout_ms: 0,
             remote: self.remote.clone(),
             verified: self.verified.clone(),
             ids: Rc::clone(&self.ids),
@@ -379,6 +384,7 @@ struct Http {
     /// Time spent inside this filter's callbacks for this request (for `otp_filter.time.filter_us`).
     busy_ns: u64,
     call_started_ms: u64,
+    call_timeout_ms: u64,
     remote: Option<Rc<RefCell<RemoteJwks>>>,
     verified: Option<Rc<RefCell<ClaimsCache>>>,
     ids: Rc<RefCell<XidGenerator>>,
@@ -388,19 +394,24 @@ struct Http {
 
 /// The `:status` and up to `limit + 1` bytes of a callout's answer: one byte past the limit, so an
 /// oversized answer is recognised as such without ever being read whole.
-fn call_response(body_size: usize, limit: usize) -> (Option<u16>, Vec<u8>) {
-    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+///
+/// Envoy reports a call that failed (connection refused or reset, reset mid-answer, timeout) with
+/// no headers, and then has no header map to read: that is `(None, [])`, "no answer".
+fn call_response(num_headers: usize, body_size: usize, limit: usize) -> (Option<u16>, Vec<u8>) {
+    if num_headers == 0 {
+        return (None, Vec::new());
+    }
+    let status = host::header_value(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()
         .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
-    let body = hostcalls::get_buffer(
-        BufferType::HttpCallResponseBody,
-        0,
-        body_size.min(limit + 1),
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_default();
+    let body = match body_size {
+        0 => Vec::new(),
+        size => host::buffer(BufferType::HttpCallResponseBody, 0, size.min(limit + 1))
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    };
     (status, body)
 }
 
@@ -433,41 +444,50 @@ fn jwt_authn_claims(config: &Config, payload_key: &str) -> Option<Map<String, Va
     Some(claims)
 }
 
-fn request_header(name: &str) -> Result<Option<String>, ()> {
-    match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
-        Ok(value) => Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned())),
-        Err(_) => Err(()),
+/// Whether Envoy would print a debug line, asked before one is formatted: on the hot path at the
+/// default `info` level this saves building the line and a host call per request.
+fn debug_enabled() -> bool {
+    host::log_level().is_some_and(|level| level <= LogLevel::Debug as u32)
+}
+
+fn debug(message: impl FnOnce() -> String) {
+    if debug_enabled() {
+        log(LogLevel::Debug, &message());
     }
 }
 
 impl Http {
-    fn start(&mut self, end_of_stream: bool) -> Result<Action, ()> {
+    fn start(&mut self, end_of_stream: bool, now: u64) -> Result<Action, ()> {
         let Some(config) = self.config.clone() else {
-            let id = self.ids.borrow_mut().next(now_ms() / 1000);
+            let id = self.ids.borrow_mut().next(now / 1000);
             let failure = Failure::Internal("The filter has no configuration.");
             send(&id, jsonapi::error_reply(failure, &id), failure.code());
             return Ok(Action::Pause);
         };
-        let path = request_header(":path")?.unwrap_or_default();
-        let method = request_header(":method")?.unwrap_or_default();
+        // All headers in one host call: reading the six to eight the filter needs one by one
+        // cost a host call and an allocation inside the VM each.
+        let block = host::header_pairs(MapType::HttpRequestHeaders).map_err(|_| ())?;
+        let headers = header_map::parse(&block).ok_or(())?;
+        // Values as Envoy holds them; obs-text bytes become U+FFFD and fail the checks that read them.
+        let header = |name: &str| header_map::first(&headers, name).map(String::from_utf8_lossy);
+        let path = header(":path").unwrap_or_default();
+        let method = header(":method").unwrap_or_default();
         let Some(route) = flow::route(&config, &method, &path) else {
             return Ok(Action::Continue);
         };
         let otp_header = match route {
             Route::Gate(i) => match config.gates.get(i).map(|g| &g.otp_from) {
-                Some(OtpSource::Header(name)) => request_header(name)?,
+                Some(OtpSource::Header(name)) => header(name),
                 _ => None,
             },
             _ => None,
         };
-        let authorization = request_header("authorization")?;
-        let accept = request_header("accept")?;
-        let content_type = request_header("content-type")?;
-        let content_length = request_header("content-length")?;
-        let inbound_id = request_header("request-id")?;
-        let now = now_ms();
-        let id = match inbound_id {
-            Some(id) if request_id::is_valid(&id) => id,
+        let authorization = header("authorization");
+        let accept = header("accept");
+        let content_type = header("content-type");
+        let content_length = header("content-length");
+        let id = match header("request-id") {
+            Some(id) if request_id::is_valid(&id) => id.into_owned(),
             _ => self.ids.borrow_mut().next(now / 1000),
         };
         let verified_claims = match &config.token.source {
@@ -498,10 +518,10 @@ impl Http {
         let (exchange, step) = Exchange::start(&ctx, route, state, &head, id);
         drop((remote, cache));
         self.exchange = Some(exchange);
-        Ok(self.perform(&config, step))
+        Ok(self.perform(&config, step, now))
     }
 
-    fn body_progress(&mut self, end_of_stream: bool) -> Action {
+    fn body_progress(&mut self, end_of_stream: bool, now: u64) -> Action {
         let (Some(config), Some(exchange)) = (self.config.clone(), self.exchange.as_mut()) else {
             return Action::Continue;
         };
@@ -509,19 +529,20 @@ impl Http {
         let ctx = Ctx {
             config: &config,
             store: &EnvoyStore,
-            now_ms: now_ms(),
+            now_ms: now,
         };
         let step = exchange.on_body(&ctx, size, end_of_stream, || {
-            match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
+            match host::buffer(BufferType::HttpRequestBody, 0, size) {
                 Ok(body) => Ok(body.unwrap_or_default()),
                 Err(_) => Err(()),
             }
         });
-        self.perform(&config, step)
+        self.perform(&config, step, now)
     }
 
     /// Carries out a step. Requests on our route never continue upstream: every path ends in a reply.
-    fn perform(&mut self, config: &Config, step: Step) -> Action {
+    /// `now` is the clock read at the start of the callback.
+    fn perform(&mut self, config: &Config, step: Step, now: u64) -> Action {
         let Some(exchange) = self.exchange.as_mut() else {
             return Action::Pause;
         };
@@ -531,13 +552,12 @@ impl Http {
                 if let Some(stats) = &self.stats {
                     stats.outcome("gate_passed");
                 }
-                log(
-                    LogLevel::Debug,
-                    &format!(
+                debug(|| {
+                    format!(
                         "otp-filter request-id={}: gate passed",
                         exchange.request_id()
-                    ),
-                );
+                    )
+                });
                 Action::Continue
             }
             Step::Call(call) => {
@@ -564,7 +584,8 @@ impl Http {
                 );
                 match sent {
                     Ok(_) => {
-                        self.call_started_ms = now_ms();
+                        self.call_started_ms = now;
+                        self.call_timeout_ms = timeout.as_millis() as u64;
                         Action::Pause
                     }
                     Err(status) => {
@@ -577,7 +598,7 @@ impl Http {
                             ),
                         );
                         let step = exchange.on_call_not_sent();
-                        self.perform(config, step)
+                        self.perform(config, step, now)
                     }
                 }
             }
@@ -594,18 +615,17 @@ impl Http {
 
 /// Sends a local reply and logs the outcome (server-side failures at warn, the rest at debug).
 fn send(request_id: &str, reply: Reply, outcome: &str) {
-    let level = if reply.status >= 500 {
-        LogLevel::Warn
-    } else {
-        LogLevel::Debug
-    };
-    log(
-        level,
-        &format!(
+    let line = || {
+        format!(
             "otp-filter request-id={request_id}: {} {outcome}",
             reply.status
-        ),
-    );
+        )
+    };
+    if reply.status >= 500 {
+        log(LogLevel::Warn, &line());
+    } else {
+        debug(line);
+    }
     let headers: Vec<(&str, &str)> = reply
         .headers
         .iter()
@@ -618,28 +638,34 @@ fn send(request_id: &str, reply: Reply, outcome: &str) {
 }
 
 impl Context for Http {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        headers: usize,
-        body_size: usize,
-        trailers: usize,
-    ) {
-        self.timed(|http| http.call_answered(token, headers, body_size, trailers));
+    fn on_http_call_response(&mut self, _: u32, num_headers: usize, body_size: usize, _: usize) {
+        self.timed(|http, now| http.call_answered(num_headers, body_size, now));
     }
 }
 
 impl Http {
-    fn call_answered(&mut self, _: u32, _: usize, body_size: usize, _: usize) {
+    fn call_answered(&mut self, num_headers: usize, body_size: usize, now: u64) {
         let (Some(config), Some(exchange)) = (self.config.clone(), self.exchange.as_mut()) else {
             return;
         };
-        let (status, body) =
-            call_response(body_size, MAX_ANSWER_BYTES.max(MAX_INTROSPECTION_BYTES));
+        let (mut status, body) = call_response(
+            num_headers,
+            body_size,
+            MAX_ANSWER_BYTES.max(MAX_INTROSPECTION_BYTES),
+        );
+        // A call that times out before its answer's headers gets Envoy's own 504. One that had
+        // started answering and then stalled past the timeout ends with no answer at all: call
+        // that a timeout too, so operators see a slow peer as slow rather than as down.
+        // (With 10% of slack: both clock reads are truncated to ms and taken at callback starts.)
+        let elapsed = now.saturating_sub(self.call_started_ms);
+        if status.is_none() && elapsed.saturating_mul(10) >= self.call_timeout_ms.saturating_mul(9)
+        {
+            status = Some(504);
+        }
         let ctx = Ctx {
             config: &config,
             store: &EnvoyStore,
-            now_ms: now_ms(),
+            now_ms: now,
         };
         let mut cache = self.verified.as_ref().map(|c| c.borrow_mut());
         let step = exchange.on_answer(&ctx, cache.as_deref_mut(), status, &body);
@@ -652,7 +678,7 @@ impl Http {
             );
         }
         // Outside the request's own callbacks, letting it go on takes an explicit resume.
-        if self.perform(&config, step) == Action::Continue
+        if self.perform(&config, step, now) == Action::Continue
             && hostcalls::resume_http_request().is_err()
         {
             log(
@@ -665,10 +691,11 @@ impl Http {
 }
 
 impl Http {
-    /// Runs one callback and adds its duration to the request's time in the filter.
-    fn timed<T>(&mut self, callback: impl FnOnce(&mut Self) -> T) -> T {
+    /// Runs one callback and adds its duration to the request's time in the filter. The callback
+    /// gets the start time in ms: one clock read serves the whole callback.
+    fn timed<T>(&mut self, callback: impl FnOnce(&mut Self, u64) -> T) -> T {
         let started = now_ns();
-        let result = callback(self);
+        let result = callback(self, started / 1_000_000);
         self.busy_ns += now_ns().saturating_sub(started);
         result
     }
@@ -676,10 +703,24 @@ impl Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        self.timed(|http| match http.start(end_of_stream) {
+        // TEST-ONLY crash switch, compiled in only with the `crash-test` feature (never in a
+        // production build): tests/failure_policy.rs kills the VM with it to show what Envoy's
+        // `failure_policy` does.
+        #[cfg(feature = "crash-test")]
+        if let Ok(Some(value)) =
+            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-otp-filter-crash")
+        {
+            if value == b"now" {
+                #[allow(clippy::panic)] // the test-only crash switch: panicking is its whole job
+                {
+                    panic!("crash requested with x-otp-filter-crash (crash-test build)");
+                }
+            }
+        }
+        self.timed(|http, now| match http.start(end_of_stream, now) {
             Ok(action) => action,
             Err(()) => {
-                let id = http.ids.borrow_mut().next(now_ms() / 1000);
+                let id = http.ids.borrow_mut().next(now / 1000);
                 let failure = Failure::Internal("The request headers could not be read.");
                 send(&id, jsonapi::error_reply(failure, &id), failure.code());
                 Action::Pause
@@ -689,12 +730,12 @@ impl HttpContext for Http {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.buffered = body_size;
-        self.timed(|http| http.body_progress(end_of_stream))
+        self.timed(|http, now| http.body_progress(end_of_stream, now))
     }
 
     fn on_http_request_trailers(&mut self, _: usize) -> Action {
         // Trailers end the request: the body held so far is the whole body.
-        self.timed(|http| http.body_progress(true))
+        self.timed(|http, now| http.body_progress(true, now))
     }
 
     fn on_log(&mut self) {

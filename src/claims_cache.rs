@@ -7,6 +7,7 @@
 //! first, then the one closest to expiry.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -20,7 +21,8 @@ pub fn token_hash(token: &str) -> TokenHash {
 
 /// Verified claims by token hash, bounded in count and age.
 pub struct ClaimsCache {
-    entries: HashMap<TokenHash, (Map<String, Value>, u64)>,
+    /// Shared, not cloned, on a hit: a clone cost an allocation per claim on every request.
+    entries: HashMap<TokenHash, (Rc<Map<String, Value>>, u64)>,
     max_entries: usize,
     max_age_ms: u64,
 }
@@ -43,9 +45,9 @@ impl ClaimsCache {
     }
 
     /// The cached claims, if the entry is still fresh (a stale one is dropped).
-    pub fn get(&mut self, hash: &TokenHash, now_ms: u64) -> Option<Map<String, Value>> {
+    pub fn get(&mut self, hash: &TokenHash, now_ms: u64) -> Option<Rc<Map<String, Value>>> {
         match self.entries.get(hash) {
-            Some((claims, until)) if now_ms < *until => Some(claims.clone()),
+            Some((claims, until)) if now_ms < *until => Some(Rc::clone(claims)),
             Some(_) => {
                 self.entries.remove(hash);
                 None
@@ -90,7 +92,7 @@ impl ClaimsCache {
                 }
             }
         }
-        self.entries.insert(hash, (claims, until));
+        self.entries.insert(hash, (Rc::new(claims), until));
     }
 }
 

@@ -57,6 +57,11 @@ impl Algorithm {
     }
 }
 
+/// Why a key is skipped when its algorithm was left out of the build (cargo features `es384` and
+/// `eddsa`, both on by default; they cost about 150 KB and 45 KB of .wasm).
+#[cfg(not(all(feature = "es384", feature = "eddsa")))]
+const NOT_BUILT_IN: &str = "{} is not built into this otp-filter (cargo feature)";
+
 /// A verifier per algorithm, built once when the key is loaded.
 enum Verifying {
     Rs256(rsa::pkcs1v15::VerifyingKey<Sha256>),
@@ -64,7 +69,9 @@ enum Verifying {
     Rs512(rsa::pkcs1v15::VerifyingKey<Sha512>),
     Ps256(rsa::pss::VerifyingKey<Sha256>),
     Es256(p256::ecdsa::VerifyingKey),
+    #[cfg(feature = "es384")]
     Es384(p384::ecdsa::VerifyingKey),
+    #[cfg(feature = "eddsa")]
     EdDsa(ed25519_dalek::VerifyingKey),
     Hmac(Secret),
 }
@@ -107,8 +114,10 @@ impl Key {
             (Verifying::Ps256(k), _) => rsa::<_, rsa::pss::Signature>(k, message, signature),
             (Verifying::Es256(k), _) => p256::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|sig| k.verify(message, &sig).is_ok()),
+            #[cfg(feature = "es384")]
             (Verifying::Es384(k), _) => p384::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|sig| k.verify(message, &sig).is_ok()),
+            #[cfg(feature = "eddsa")]
             (Verifying::EdDsa(k), _) => ed25519_dalek::Signature::from_slice(signature)
                 .is_ok_and(|sig| k.verify_strict(message, &sig).is_ok()),
             (Verifying::Hmac(s), Algorithm::Hs256) => {
@@ -247,6 +256,7 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
                     .map_err(|_| "EC point is not on P-256")?;
                 (Algorithm::Es256, Verifying::Es256(key))
             }
+            #[cfg(feature = "es384")]
             (Some("P-384"), None | Some("ES384")) => {
                 let (x, y) = (fixed::<48>(jwk, "x")?, fixed::<48>(jwk, "y")?);
                 let point = p384::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
@@ -254,10 +264,19 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
                     .map_err(|_| "EC point is not on P-384")?;
                 (Algorithm::Es384, Verifying::Es384(key))
             }
+            #[cfg(not(feature = "es384"))]
+            (Some("P-384"), None | Some("ES384")) => {
+                return Err(NOT_BUILT_IN.replace("{}", "ES384"))
+            }
             (Some("P-256" | "P-384"), Some(other)) => return Err(unsupported(other)),
             _ => return Err("EC keys must have \"crv\" \"P-256\" or \"P-384\"".into()),
         },
         "OKP" => match (crv, alg) {
+            #[cfg(not(feature = "eddsa"))]
+            (Some("Ed25519"), None | Some("EdDSA")) => {
+                return Err(NOT_BUILT_IN.replace("{}", "EdDSA"))
+            }
+            #[cfg(feature = "eddsa")]
             (Some("Ed25519"), None | Some("EdDSA")) => {
                 let key = ed25519_dalek::VerifyingKey::from_bytes(&fixed::<32>(jwk, "x")?)
                     .map_err(|_| "\"x\" is not an Ed25519 public key")?;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod credential;
 pub mod failure;
 pub mod flow;
+pub mod header_map;
 pub mod introspection;
 pub mod jsonapi;
 pub mod jwk;
@@ -26,6 +27,8 @@ pub mod token;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
+#[cfg(target_arch = "wasm32")]
+mod host;
 
 #[cfg(test)]
 mod testkit;

@@ -138,3 +138,88 @@ fn unknown_cluster_fails_closed() {
     );
     assert_still_serving(&envoy);
 }
+
+/// A peer that answers every request with `prefix` (a status line, headers that promise a longer
+/// body, part of it) and then closes the connection, or stalls for `stall` first.
+fn cut_short(prefix: &'static [u8], stall: Duration) -> u16 {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = conn.read(&mut [0u8; 8192]);
+                let _ = conn.write_all(prefix);
+                std::thread::sleep(stall);
+            });
+        }
+    });
+    port
+}
+
+const CUT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"result\"";
+
+/// Envoy reports a callout that fails after it started with no response headers at all; reading
+/// them then fails. The SDK's getter panicked on that, which trapped the VM: the request hung and
+/// every later one on the worker got an empty 503. Now it is "no answer", like a refused connection.
+#[test]
+fn answer_cut_short_fails_closed_and_envoy_keeps_serving() {
+    let port = cut_short(CUT, Duration::ZERO);
+    let (envoy, _keys) = envoy_towards(port, |c| c);
+    for _ in 0..3 {
+        assert_error(
+            &create_otp(envoy.port, &token(), PIN),
+            500,
+            "credential-service-unavailable",
+        );
+    }
+    assert_still_serving(&envoy);
+    assert!(!envoy.log_text().contains("panicked"));
+    assert_eq!(
+        envoy
+            .counters()
+            .get("otp_filter.outcome.credential_service_unavailable"),
+        Some(&3)
+    );
+}
+
+#[test]
+fn answer_stalled_mid_body_times_out() {
+    let port = cut_short(CUT, Duration::from_secs(3));
+    let (envoy, _keys) = envoy_towards(port, |c| {
+        c.replace(r#""timeout_ms": 2000"#, r#""timeout_ms": 300"#)
+    });
+    assert_error(
+        &create_otp(envoy.port, &token(), PIN),
+        500,
+        "credential-service-timeout",
+    );
+    assert_error(
+        &create_otp(envoy.port, &token(), PIN),
+        500,
+        "credential-service-timeout",
+    );
+    assert_still_serving(&envoy);
+    assert!(!envoy.log_text().contains("panicked"));
+}
+
+/// The same for the JWKS endpoint: no keys yet, so 500 `jwks-unavailable`, and the VM lives.
+#[test]
+fn jwks_answer_cut_short_fails_closed() {
+    let jwks_port = cut_short(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{\"keys\":[",
+        Duration::ZERO,
+    );
+    let service = CredentialService::start(&[]);
+    let envoy = Envoy::start(&demo_config_split(service.port, jwks_port, |c| c));
+    wait_for("a failed JWKS fetch in the log", || {
+        envoy.log_text().contains("JWKS fetch failed (no answer")
+    });
+    assert_error(
+        &create_otp(envoy.port, &token(), PIN),
+        500,
+        "jwks-unavailable",
+    );
+    assert_still_serving(&envoy);
+    assert!(!envoy.log_text().contains("panicked"));
+}

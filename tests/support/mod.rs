@@ -723,3 +723,4 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+pub mod h2c;
