@@ -87,6 +87,12 @@ impl Verified {
 
 /// RFC 6750 §2.1: `Bearer` (scheme case-insensitive, RFC 9110 §11.1) then one or more spaces then a
 /// b64token. Anything else, including a second `Bearer`, is malformed.
+/// RFC 6750 token68 characters (before trailing `=`). A `match` LLVM turns into range checks; a
+/// per-byte search of a list over every byte of every token showed up in profiles.
+fn is_token68(b: u8) -> bool {
+    matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+}
+
 pub fn bearer_token(authorization: Option<&str>) -> Result<&str, Failure> {
     let value = authorization.ok_or(Failure::TokenMissing)?.trim();
     if value.is_empty() {
@@ -106,10 +112,7 @@ pub fn bearer_token(authorization: Option<&str>) -> Result<&str, Failure> {
         return Err(Failure::TokenMalformed("The token is too large."));
     }
     let body = token.trim_end_matches('=');
-    if !body
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
-    {
+    if !body.bytes().all(is_token68) {
         return Err(Failure::TokenMalformed(
             "The token has characters a bearer token cannot have.",
         ));

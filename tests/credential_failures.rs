@@ -139,24 +139,6 @@ fn unknown_cluster_fails_closed() {
     assert_still_serving(&envoy);
 }
 
-/// A peer that answers every request with `prefix` (a status line, headers that promise a longer
-/// body, part of it) and then closes the connection, or stalls for `stall` first.
-fn cut_short(prefix: &'static [u8], stall: Duration) -> u16 {
-    use std::io::{Read, Write};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = conn.read(&mut [0u8; 8192]);
-                let _ = conn.write_all(prefix);
-                std::thread::sleep(stall);
-            });
-        }
-    });
-    port
-}
-
 const CUT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"result\"";
 
 /// Envoy reports a callout that fails after it started with no response headers at all; reading

@@ -724,3 +724,33 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 pub mod h2c;
+
+/// A peer that answers every request with `prefix` (a status line, headers that promise a longer
+/// body, part of it) and then closes the connection, or first stalls for `stall`: an answer cut
+/// short. Returns its port.
+pub fn cut_short(prefix: &'static [u8], stall: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind cut-short peer");
+    let port = listener.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = conn.read(&mut [0u8; 8192]);
+                let _ = conn.write_all(prefix);
+                thread::sleep(stall);
+            });
+        }
+    });
+    port
+}
+
+/// A static answer: `status` with a JSON content type and `body`, for misbehaving-peer stubs.
+pub fn answer(status: &str, body: &str) -> &'static [u8] {
+    Box::leak(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    )
+}
