@@ -342,6 +342,9 @@ impl RootContext for Root {
                     self.verified = Some(Rc::new(RefCell::new(cache)));
                 }
                 self.config = Some(Rc::new(config));
+                // Fetch the key set now rather than on the first tick: a VM that replaces a
+                // crashed one (FAIL_RELOAD) answers `jwks-unavailable` until it has keys.
+                self.fetch_jwks_if_due();
                 true
             }
             Err(message) => {
