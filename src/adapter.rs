@@ -1,16 +1,16 @@
 //! The thin layer between Envoy and `flow`. Only this module calls the host.
 //!
 //! Host calls go through `proxy_wasm::hostcalls`, which return `Result`s, rather than the trait
-//! helpers, which `unwrap()`. Those wrappers still `panic!` on statuses they do not expect, so the
-//! reads whose status really varies (request headers, callout answers, buffers) use `host`, which
-//! returns every status. Header values are read as bytes because the SDK's string getter panics on
+//! helpers, which `unwrap()`. Those wrappers still `panic!` on statuses they do not expect, so every
+//! call made per request except `dispatch_http_call` goes through `host`, which returns every
+//! status. Header values are read as bytes because the SDK's string getter panics on
 //! non-UTF-8 (Envoy accepts obs-text bytes in header values): one odd header from a client would
 //! otherwise kill the VM for every request on that worker.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -42,28 +42,23 @@ proxy_wasm::main! {{
     // A panic traps the VM; say so loudly before it dies. The message is ours (filter code denies
     // panics, so this fires only for a dependency bug) and carries no request data.
     std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("otp-filter panicked: {info}"));
+        let _ = host::log(LogLevel::Critical as u32, &format!("otp-filter panicked: {info}"));
     }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::new()) });
 }}
 
 fn log(level: LogLevel, message: &str) {
     // Logging failing is not worth failing a request over.
-    let _ = hostcalls::log(level, message);
+    let _ = host::log(level as u32, message);
 }
 
+/// Envoy's clock; 0 if it cannot be read (only timing stats and sweeps would be off).
 fn now_ns() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64)
+    host::now_ns().unwrap_or(0)
 }
 
 fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+    now_ns() / 1_000_000
 }
 
 struct Root {
@@ -131,7 +126,7 @@ impl Stats {
     // Stats are best effort: a failed increment must never fail a request.
     fn count(&self, id: Option<&u32>) {
         if let Some(id) = id {
-            let _ = hostcalls::increment_metric(*id, 1);
+            let _ = host::increment_metric(*id, 1);
         }
     }
 
@@ -144,7 +139,7 @@ impl Stats {
     }
 
     fn record(&self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        let _ = host::record_metric(id, value);
     }
 }
 
@@ -153,13 +148,13 @@ struct EnvoyStore;
 
 impl SharedStore for EnvoyStore {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
-        hostcalls::get_shared_data(key).map_err(|_| StoreError::Host)
+        host::get_shared_data(key).map_err(|_| StoreError::Host)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match host::set_shared_data(key, value, cas) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(status) if status.is_cas_mismatch() => Err(StoreError::CasMismatch),
             Err(_) => Err(StoreError::Host),
         }
     }
@@ -634,9 +629,10 @@ fn send(request_id: &str, reply: Reply, outcome: &str) {
         .iter()
         .map(|(n, v)| (*n, v.as_str()))
         .collect();
-    if hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body)).is_err() {
+    let headers = header_map::serialize(&headers);
+    if host::send_local_response(u32::from(reply.status), &headers, &reply.body).is_err() {
         // Nothing can be said to the client; end the stream rather than let it through.
-        let _ = hostcalls::reset_http_request();
+        let _ = host::reset_http_request();
     }
 }
 
@@ -682,13 +678,13 @@ impl Http {
         }
         // Outside the request's own callbacks, letting it go on takes an explicit resume.
         if self.perform(&config, step, now) == Action::Continue
-            && hostcalls::resume_http_request().is_err()
+            && host::resume_http_request().is_err()
         {
             log(
                 LogLevel::Error,
                 "otp-filter: could not resume a request after its gate passed",
             );
-            let _ = hostcalls::reset_http_request();
+            let _ = host::reset_http_request();
         }
     }
 }

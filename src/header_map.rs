@@ -35,6 +35,29 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(field)).ok()
 }
 
+/// `pairs` in the same layout, for headers the filter sends (its local replies).
+pub fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let size = pairs
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 10)
+        .sum::<usize>()
+        + 4;
+    let mut out = Vec::with_capacity(size);
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend_from_slice(&len(pairs.len()));
+    for (name, value) in pairs {
+        out.extend_from_slice(&len(name.len()));
+        out.extend_from_slice(&len(value.len()));
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 /// The first value of `name` (Envoy's names are lowercase), which is what Envoy's single-header
 /// getter returns when a header repeats.
 pub fn first<'a>(pairs: &[(&[u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
@@ -48,7 +71,7 @@ pub fn first<'a>(pairs: &[(&[u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
 mod tests {
     use super::*;
 
-    fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    fn serialize_bytes(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
         for (n, v) in pairs {
             out.extend_from_slice(&(n.len() as u32).to_le_bytes());
@@ -71,19 +94,35 @@ mod tests {
             (b"x-odd", b"\xff\xfe"),
             (b"authorization", b"Bearer b"),
         ];
-        let bytes = serialize(&pairs);
+        let bytes = serialize_bytes(&pairs);
         let parsed = parse(&bytes).unwrap();
         assert_eq!(parsed, pairs.to_vec());
         assert_eq!(first(&parsed, "authorization"), Some(&b"Bearer a"[..]));
         assert_eq!(first(&parsed, "x-odd"), Some(&b"\xff\xfe"[..]));
         assert_eq!(first(&parsed, "accept"), None);
         assert_eq!(parse(&[]), Some(Vec::new()));
+        assert_eq!(parse(&serialize_bytes(&[])), Some(Vec::new()));
+    }
+
+    #[test]
+    fn what_the_filter_writes_reads_back() {
+        let headers = [("content-type", "application/json"), ("request-id", "x")];
+        let bytes = serialize(&headers);
+        assert_eq!(
+            bytes,
+            serialize_bytes(&[
+                (b"content-type", b"application/json"),
+                (b"request-id", b"x")
+            ])
+        );
+        let parsed = parse(&bytes).unwrap();
+        assert_eq!(first(&parsed, "request-id"), Some(&b"x"[..]));
         assert_eq!(parse(&serialize(&[])), Some(Vec::new()));
     }
 
     #[test]
     fn malformed_buffers_are_refused_not_panicked_on() {
-        let good = serialize(&[(b"accept", b"application/json")]);
+        let good = serialize_bytes(&[(b"accept", b"application/json")]);
         for cut in 0..good.len() - 1 {
             assert_eq!(parse(&good[..cut.max(1)]), None, "cut at {cut}");
         }
