@@ -200,7 +200,10 @@ impl Root {
         }
     }
 
-    fn fetch_jwks_if_due(&self) {
+    /// Sends the JWKS fetch if one is due. `early`: the attempt made while the VM configures
+    /// itself, when Envoy may still be starting or only validating the config; if it cannot be
+    /// sent, the next tick retries without a warning or backoff.
+    fn fetch_jwks_if_due(&self, early: bool) {
         let Some(remote) = &self.remote else { return };
         let mut remote = remote.borrow_mut();
         let Some(fetch) = remote.due(now_ms()) else {
@@ -215,11 +218,15 @@ impl Root {
         if let Err(status) =
             hostcalls::dispatch_http_call(&cluster, headers, None, vec![], fetch.timeout)
         {
-            remote.on_not_sent();
-            log(
-                LogLevel::Warn,
-                &format!("otp-filter: JWKS fetch to cluster \"{cluster}\" not sent: {status:?}"),
-            );
+            let message =
+                format!("otp-filter: JWKS fetch to cluster \"{cluster}\" not sent: {status:?}");
+            if early {
+                remote.on_early_fetch_not_sent();
+                debug(|| format!("{message}; retrying on the next tick"));
+            } else {
+                remote.on_not_sent();
+                log(LogLevel::Warn, &message);
+            }
         }
     }
 }
@@ -339,7 +346,7 @@ impl RootContext for Root {
                 self.config = Some(Rc::new(config));
                 // Fetch the key set now rather than on the first tick: a VM that replaces a
                 // crashed one (FAIL_RELOAD) answers `jwks-unavailable` until it has keys.
-                self.fetch_jwks_if_due();
+                self.fetch_jwks_if_due(true);
                 true
             }
             Err(message) => {
@@ -351,7 +358,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        self.fetch_jwks_if_due();
+        self.fetch_jwks_if_due(false);
         self.sweep_if_due();
     }
 

@@ -122,6 +122,14 @@ impl RemoteJwks {
         self.consecutive_failures += 1;
     }
 
+    /// The early fetch made while the VM configures itself could not be sent: Envoy may still be
+    /// starting, or only validating the config (`--mode validate`, no clusters). Not a failure;
+    /// the next tick tries again with no backoff.
+    pub fn on_early_fetch_not_sent(&mut self) {
+        self.in_flight_since_ms = None;
+        self.last_attempt_ms = None;
+    }
+
     /// The fetch's answer. On success the new set replaces the old one and the number of usable
     /// keys is returned with notes on keys that were skipped; on failure the old set stays.
     pub fn on_answer(
@@ -205,6 +213,20 @@ mod tests {
         assert!(r.keys().is_some());
         assert!(r.due(299_000).is_none());
         assert!(r.due(300_050).is_some());
+    }
+
+    #[test]
+    fn an_early_fetch_that_cannot_be_sent_is_retried_at_once() {
+        let mut r = remote();
+        assert!(r.due(0).is_some());
+        r.on_early_fetch_not_sent();
+        assert!(
+            r.due(500).is_some(),
+            "no backoff after the configure-time attempt"
+        );
+        r.on_not_sent();
+        assert!(r.due(1_000).is_none(), "a tick's failed send backs off");
+        assert!(r.due(1_500).is_some());
     }
 
     #[test]
