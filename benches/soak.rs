@@ -51,6 +51,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -60,6 +63,11 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{
+    admin_memory, clock_ticks, head_end, mint_all, pid_with_arg, process_jiffies, replace_once,
+    rss_kb,
+};
+use otp_filter::metrics::sanitize;
 use serde_json::{json, Value};
 use support::*;
 
@@ -431,10 +439,6 @@ impl Resp {
             (_, ct) => format!("unexpected content-type {ct:?}"),
         }
     }
-}
-
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
 struct Client {
@@ -1272,23 +1276,6 @@ impl Plan<'_> {
 // ---------------------------------------------------------------------------------------------
 // Envoy: process, memory, stats, log
 
-/// The process that has `arg` among its arguments (the harness keeps Envoy's pid private; its
-/// scratch config path is unique). As in benches/throughput.rs.
-fn pid_with_arg(arg: &std::path::Path) -> Option<u32> {
-    let needle = arg.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            cmdline
-                .split(|&b| b == 0)
-                .any(|a| a == needle.as_bytes())
-                .then_some(pid)
-        })
-}
-
 /// The kernel's CPU pressure (`some` total, µs): time in which some task waited for a CPU.
 fn cpu_pressure_us() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
@@ -1298,42 +1285,6 @@ fn cpu_pressure_us() -> Option<u64> {
         .find_map(|f| f.strip_prefix("total="))?
         .parse()
         .ok()
-}
-
-/// (VmRSS, RssAnon) of a process, in kB. VmRSS also counts mapped file pages (most of Envoy's
-/// 107 MB binary), which the kernel may reclaim at any time; RssAnon is where a leak would grow.
-fn rss_kb(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some((field("VmRSS:")?, field("RssAnon:")?))
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|x| x.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let ticks = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as f64,
-        _ => 100.0,
-    };
-    (get(11) + get(12)) as f64 / ticks
 }
 
 /// Every stat whose name contains `filter`, by name (counters and gauges).
@@ -1349,18 +1300,6 @@ fn stats(envoy: &Envoy, filter: &str) -> BTreeMap<String, u64> {
         .iter()
         .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["value"].as_u64()?)))
         .collect()
-}
-
-/// (`allocated`, `heap_size`) from the admin `/memory` endpoint, in bytes.
-fn memory(envoy: &Envoy) -> (u64, u64) {
-    let m = get(envoy.admin_port, "/memory").json();
-    let n = |k: &str| {
-        m[k].as_str()
-            .and_then(|s| s.parse().ok())
-            .or_else(|| m[k].as_u64())
-            .unwrap_or(0)
-    };
-    (n("allocated"), n("heap_size"))
 }
 
 /// Lines that mean a VM (or the filter in it) failed. Matched case-insensitively.
@@ -1455,26 +1394,6 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// Mints one token per argument list with the demo-token binary, on two threads.
-fn mint_all(args: &[Vec<String>]) -> Vec<String> {
-    let tokens = Mutex::new(vec![String::new(); args.len()]);
-    let next = AtomicU64::new(0);
-    thread::scope(|scope| {
-        for _ in 0..2 {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= args.len() {
-                    break;
-                }
-                let a: Vec<&str> = args[i].iter().map(String::as_str).collect();
-                let t = token_with(&a);
-                tokens.lock().unwrap()[i] = t;
-            });
-        }
-    });
-    tokens.into_inner().unwrap()
-}
-
 /// Flips one character in the middle of the signature: still base64url, no longer valid.
 fn tamper_signature(token: &str) -> String {
     let sig_start = token.rfind('.').expect("JWS") + 1;
@@ -1486,15 +1405,6 @@ fn tamper_signature(token: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Config
-
-fn replace_once(text: &str, anchor: &str, with: &str) -> String {
-    let n = text.matches(anchor).count();
-    assert_eq!(
-        n, 1,
-        "envoy/envoy.yaml: expected {anchor:?} once, found {n}"
-    );
-    text.replacen(anchor, with, 1)
-}
 
 /// The shipped config with room for 100 failures per user (the load keeps every user below 90),
 /// 2 s time steps with a 6 s lifetime (so the two demo users get a fresh code every 2 s and the
@@ -1638,7 +1548,8 @@ fn main() {
     let http_before = stats(&envoy, "downstream_rq_");
     let service_before = service.stats();
     let (rss_start, anon_start) = rss_kb(pid).expect("VmRSS");
-    let mem_start = memory(&envoy);
+    let mem_start = admin_memory(&envoy);
+    let cpu_seconds = |pid: &str| process_jiffies(pid) as f64 / clock_ticks();
     let envoy_cpu_start = cpu_seconds(&pid.to_string());
     let self_cpu_start = cpu_seconds("self");
     let pressure_start = cpu_pressure_us();
@@ -1695,7 +1606,7 @@ fn main() {
             };
             timeline.push((t, rss));
             if rss_warm.is_none() && start.elapsed() >= warmup {
-                rss_warm = Some((rss, memory(&envoy)));
+                rss_warm = Some((rss, admin_memory(&envoy)));
             }
             if rss_warm.is_some() {
                 rss_peak = rss_peak.max(rss.0);
@@ -1725,7 +1636,7 @@ fn main() {
     });
     let elapsed = start.elapsed().as_secs_f64();
     let (rss_end, anon_end) = rss_kb(pid).unwrap_or((0, 0));
-    let mem_end = memory(&envoy);
+    let mem_end = admin_memory(&envoy);
     let envoy_cpu = cpu_seconds(&pid.to_string()) - envoy_cpu_start;
     let self_cpu = cpu_seconds("self") - self_cpu_start;
     let pressure = pressure_start
@@ -2074,17 +1985,4 @@ fn main() {
         }
         panic!("soak failed: {} problem(s), listed above", failures.len());
     }
-}
-
-/// As the filter names its stats: `:` and `-` become `_`.
-fn sanitize(part: &str) -> String {
-    part.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

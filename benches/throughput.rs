@@ -30,6 +30,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/mod.rs"]
+mod common;
+
 #[path = "native_peer/mod.rs"]
 mod native_peer;
 
@@ -39,10 +42,14 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{
+    admin_memory, clock_ticks, head_end, mint_with_claims, pid_with_arg, process_jiffies,
+    replace_once,
+};
 use support::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -103,10 +110,6 @@ impl Settings {
 
 // ---------------------------------------------------------------------------------------------
 // HTTP/1.1 framing shared by the stubs and the load generator (no allocation per message)
-
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
 
 fn header<'a>(head: &'a [u8], name: &str) -> Option<&'a [u8]> {
     head.split(|&b| b == b'\n').skip(1).find_map(|line| {
@@ -337,29 +340,6 @@ fn machine_jiffies() -> (u64, u64, u64) {
     let total: u64 = (0..8).map(get).sum();
     let idle = get(3) + get(4);
     (total - idle - get(7), total, get(7))
-}
-
-/// utime + stime of a process (all its threads), in jiffies.
-fn process_jiffies(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // After the command: state(0) ... utime(11) stime(12).
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|x| x.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    get(11) + get(12)
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as f64,
-        _ => 100.0,
-    }
 }
 
 struct CpuMeter {
@@ -677,16 +657,6 @@ const ROUTER_FILTER: &str = "          - name: envoy.filters.http.router\n";
 const CLUSTERS: &str = "  clusters:\n";
 const MAX_FAILURES: &str = r#""max_failures": 5,"#;
 
-/// Replaces the one occurrence of `anchor`; panics if the shipped config no longer has it once.
-fn replace_once(text: &str, anchor: &str, with: &str) -> String {
-    let n = text.matches(anchor).count();
-    assert_eq!(
-        n, 1,
-        "envoy/envoy.yaml: expected {anchor:?} once, found {n}"
-    );
-    text.replacen(anchor, with, 1)
-}
-
 /// (a): no wasm at all. The filter goes from `http_filters`, and its per-route config with it.
 fn without_wasm(c: String) -> String {
     let start = c
@@ -782,45 +752,13 @@ impl Proxy {
 
     /// (`allocated`, `heap_size`) from the admin `/memory` endpoint, in bytes.
     fn memory(&self) -> (u64, u64) {
-        let m = get(self.envoy.admin_port, "/memory").json();
-        let n = |k: &str| {
-            m[k].as_str()
-                .and_then(|s| s.parse().ok())
-                .or_else(|| m[k].as_u64())
-                .unwrap_or(0)
-        };
-        (n("allocated"), n("heap_size"))
+        admin_memory(&self.envoy)
     }
 
     /// VmRSS of the Envoy process, in kB.
     fn rss_kb(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
+        common::rss_kb(self.pid?).map(|(rss, _anon)| rss)
     }
-}
-
-/// The process that has `arg` among its arguments (the harness does not expose Envoy's pid; its
-/// scratch config path is unique).
-fn pid_with_arg(arg: &std::path::Path) -> Option<u32> {
-    let needle = arg.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            cmdline
-                .split(|&b| b == 0)
-                .any(|a| a == needle.as_bytes())
-                .then_some(pid)
-        })
 }
 
 struct MemoryRow {
@@ -831,25 +769,6 @@ struct MemoryRow {
 
 // ---------------------------------------------------------------------------------------------
 // Tokens
-
-/// Mints one token per claims set with the demo-token binary, on two threads.
-fn mint_all(claims: &[String]) -> Vec<String> {
-    let tokens = Mutex::new(vec![String::new(); claims.len()]);
-    let next = AtomicU64::new(0);
-    thread::scope(|scope| {
-        for _ in 0..2 {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= claims.len() {
-                    break;
-                }
-                let t = token_claims(&claims[i]);
-                tokens.lock().unwrap()[i] = t;
-            });
-        }
-    });
-    tokens.into_inner().unwrap()
-}
 
 fn json_post(path: &str, token: &str, body: &str) -> Vec<u8> {
     let auth = format!("Bearer {token}");
@@ -937,10 +856,17 @@ fn main() {
     let create_claims: Vec<String> = (0..settings.create_users)
         .map(|i| format!(r#"{{"sub":"bench-create-{i}"}}"#))
         .collect();
-    let create_tokens = mint_all(&create_claims);
+    let create_tokens = mint_with_claims(&create_claims);
     let healthz = request("GET", "/healthz", &[], None);
     let create_body = r#"{"pin":"8299"}"#;
 
+    // (e)'s requests, one per connection, to `path`: (f) and (h) send the same bytes elsewhere.
+    let creates = |path: &str| -> Vec<Vec<u8>> {
+        create_tokens
+            .iter()
+            .map(|t| json_post(path, t, create_body))
+            .collect()
+    };
     let scenario = |key, what, envoy, pick, expect, stub| Scenario {
         key,
         what,
@@ -989,12 +915,7 @@ fn main() {
             "(e)",
             "POST /user/2021-2/user/otp: token + 1 callout to the fast stub + mint",
             3,
-            Pick::PerConn(
-                create_tokens
-                    .iter()
-                    .map(|t| json_post(OTP_PATH, t, create_body))
-                    .collect(),
-            ),
+            Pick::PerConn(creates(OTP_PATH)),
             &[201],
             Some(0),
         ),
@@ -1003,12 +924,7 @@ fn main() {
             "(f)",
             "POST /peer/user/2021-2/user/otp: Envoy hop to a native Rust OTP service (same logic, same callout)",
             3,
-            Pick::PerConn(
-                create_tokens
-                    .iter()
-                    .map(|t| json_post(&format!("/peer{OTP_PATH}"), t, create_body))
-                    .collect(),
-            ),
+            Pick::PerConn(creates(&format!("/peer{OTP_PATH}"))),
             &[201],
             Some(0),
         ),
@@ -1016,12 +932,7 @@ fn main() {
             "(h)",
             "floor: (e)'s bytes to a minimal wasm filter (read body, 1 callout, fixed 201), no logic",
             4,
-            Pick::PerConn(
-                create_tokens
-                    .iter()
-                    .map(|t| json_post(OTP_PATH, t, create_body))
-                    .collect(),
-            ),
+            Pick::PerConn(creates(OTP_PATH)),
             &[201],
             Some(0),
         ),
@@ -1166,7 +1077,7 @@ fn verify_scenario(settings: &Settings, done: &[Scenario], proxy: &Proxy) -> Sce
     let claims: Vec<String> = (0..users)
         .map(|i| format!(r#"{{"sub":"bench-verify-{i}","scope":"user:otp:verify"}}"#))
         .collect();
-    let tokens = mint_all(&claims);
+    let tokens = mint_with_claims(&claims);
     // A 406 (Accept) is answered after the token check and before the throttle: it caches the
     // token without counting an attempt.
     let probes: Vec<Vec<u8>> = tokens
