@@ -631,12 +631,7 @@ fn send(request_id: &str, reply: Reply, outcome: &str) {
     } else {
         debug(line);
     }
-    let headers: Vec<(&str, &str)> = reply
-        .headers
-        .iter()
-        .map(|(n, v)| (*n, v.as_str()))
-        .collect();
-    let headers = header_map::serialize(&headers);
+    let headers = header_map::serialize(&reply.headers);
     if host::send_local_response(u32::from(reply.status), &headers, &reply.body).is_err() {
         // Nothing can be said to the client; end the stream rather than let it through.
         let _ = host::reset_http_request();

@@ -36,23 +36,24 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
 }
 
 /// `pairs` in the same layout, for headers the filter sends (its local replies).
-pub fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let size = pairs
-        .iter()
-        .map(|(n, v)| n.len() + v.len() + 10)
-        .sum::<usize>()
-        + 4;
+pub fn serialize<N: AsRef<str>, V: AsRef<str>>(pairs: &[(N, V)]) -> Vec<u8> {
+    let fields = || {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.as_ref().as_bytes(), v.as_ref().as_bytes()))
+    };
+    let size = fields().map(|(n, v)| n.len() + v.len() + 10).sum::<usize>() + 4;
     let mut out = Vec::with_capacity(size);
     let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
     out.extend_from_slice(&len(pairs.len()));
-    for (name, value) in pairs {
+    for (name, value) in fields() {
         out.extend_from_slice(&len(name.len()));
         out.extend_from_slice(&len(value.len()));
     }
-    for (name, value) in pairs {
-        out.extend_from_slice(name.as_bytes());
+    for (name, value) in fields() {
+        out.extend_from_slice(name);
         out.push(0);
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.push(0);
     }
     out
@@ -117,7 +118,7 @@ mod tests {
         );
         let parsed = parse(&bytes).unwrap();
         assert_eq!(first(&parsed, "request-id"), Some(&b"x"[..]));
-        assert_eq!(parse(&serialize(&[])), Some(Vec::new()));
+        assert_eq!(parse(&serialize::<&str, &str>(&[])), Some(Vec::new()));
     }
 
     #[test]
