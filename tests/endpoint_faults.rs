@@ -33,7 +33,8 @@ struct Fault {
     code: &'static str,
 }
 
-fn faults(slow_ms: u64) -> Vec<Fault> {
+/// Every way an endpoint fails. "slow" answers after 3 s, past the 300 ms timeout both tests set.
+fn faults() -> Vec<Fault> {
     let stub =
         |raw: &'static [u8], delay_ms: u64| Stub::start(raw, Duration::from_millis(delay_ms)).port;
     let nothing = std::net::TcpListener::bind("127.0.0.1:0")
@@ -49,7 +50,7 @@ fn faults(slow_ms: u64) -> Vec<Fault> {
         },
         Fault {
             name: "slow",
-            port: stub(answer("200 OK", r#"{"active":true}"#), slow_ms),
+            port: stub(answer("200 OK", r#"{"active":true}"#), 3000),
             code: "timeout",
         },
         Fault {
@@ -81,7 +82,7 @@ fn faults(slow_ms: u64) -> Vec<Fault> {
 #[test]
 fn introspection_endpoint_faults_fail_closed() {
     let service = CredentialService::start(&[]);
-    for fault in faults(3000) {
+    for fault in faults() {
         let envoy = Envoy::start(&config_file(
             "envoy-introspection.yaml",
             service.port,
@@ -120,7 +121,7 @@ fn introspection_endpoint_faults_fail_closed() {
 #[test]
 fn jwks_endpoint_faults_fail_closed() {
     let service = CredentialService::start(&[]);
-    for fault in faults(3000) {
+    for fault in faults() {
         let envoy = Envoy::start(&demo_config_split(service.port, fault.port, |c| {
             c.replace(r#""timeout_ms": 2000"#, r#""timeout_ms": 300"#)
         }));
