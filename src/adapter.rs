@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::claims_cache::ClaimsCache;
 use crate::config::{self, Config, OtpSource};
-use crate::credential::{Upstream, MAX_ANSWER_BYTES};
+use crate::credential::MAX_ANSWER_BYTES;
 use crate::failure::Failure;
 use crate::flow::{self, Ctx, Exchange, RequestHead, Route, Step, TokenState};
 use crate::header_map;
@@ -27,6 +27,7 @@ use crate::host;
 use crate::introspection::MAX_ANSWER_BYTES as MAX_INTROSPECTION_BYTES;
 use crate::jsonapi::{self, Reply};
 use crate::jwks::{RemoteJwks, MAX_JWKS_BYTES};
+use crate::jwt_authn_metadata;
 use crate::metrics;
 use crate::request_id::{self, XidGenerator};
 use crate::shared_store::{SharedStore, StoreError};
@@ -52,13 +53,10 @@ fn log(level: LogLevel, message: &str) {
     let _ = host::log(level as u32, message);
 }
 
-/// Envoy's clock; 0 if it cannot be read (only timing stats and sweeps would be off).
-fn now_ns() -> u64 {
-    host::now_ns().unwrap_or(0)
-}
-
-fn now_ms() -> u64 {
-    now_ns() / 1_000_000
+/// Envoy's clock in ms; `None` when it cannot be read. Nothing time-bound is ever decided without
+/// it: requests fail closed (`clock-unavailable`), timers skip their turn.
+fn now_ms() -> Option<u64> {
+    host::now_ns().ok().map(|ns| ns / 1_000_000)
 }
 
 struct Root {
@@ -85,6 +83,7 @@ struct Stats {
     credential: HashMap<&'static str, u32>,
     jwks_ok: u32,
     jwks_failed: u32,
+    corrupt_fenced: u32,
     single_use_records: u32,
     throttled_users: u32,
     credential_latency_ms: u32,
@@ -107,6 +106,7 @@ impl Stats {
             credential,
             jwks_ok: counter(metrics::JWKS_FETCH_OK)?,
             jwks_failed: counter(metrics::JWKS_FETCH_FAILED)?,
+            corrupt_fenced: counter(metrics::SINGLE_USE_CORRUPT_FENCED)?,
             single_use_records: hostcalls::define_metric(
                 MetricType::Gauge,
                 metrics::SINGLE_USE_RECORDS,
@@ -165,7 +165,7 @@ impl Root {
         let mut seed = [0u8; 8];
         if getrandom::getrandom(&mut seed).is_err() {
             // Uniqueness, not secrecy, is what a Request-Id needs; the clock will do.
-            seed = now_ms().to_le_bytes();
+            seed = now_ms().unwrap_or(0).to_le_bytes();
         }
         Root {
             config: None,
@@ -179,8 +179,9 @@ impl Root {
 
     /// Drops expired single-use records and forgotten throttle records, every SWEEP_EVERY_MS.
     fn sweep_if_due(&mut self) {
-        let Some(config) = &self.config else { return };
-        let now = now_ms();
+        let (Some(config), Some(now)) = (&self.config, now_ms()) else {
+            return;
+        };
         if now.saturating_sub(self.last_sweep_ms) < SWEEP_EVERY_MS {
             return;
         }
@@ -188,15 +189,25 @@ impl Root {
         let used = single_use::sweep(&EnvoyStore, &config.single_use, now);
         let users = throttle::sweep(&EnvoyStore, &config.throttle, now);
         if let (Some(stats), Ok(used), Ok(users)) = (&self.stats, &used, &users) {
-            stats.record(stats.single_use_records, *used as u64);
+            stats.record(stats.single_use_records, used.records as u64);
             stats.record(stats.throttled_users, *users as u64);
+            for _ in 0..used.fenced {
+                stats.count(Some(&stats.corrupt_fenced));
+            }
         }
         match (used, users) {
-            (Ok(used), Ok(users)) => log(
-                LogLevel::Debug,
-                &format!("otp-filter: swept; {used} code(s) in the single-use ledger, {users} user(s) throttled"),
+            (Ok(used), Ok(users)) => {
+                if used.fenced > 0 {
+                    warn_fenced(used.fenced, None);
+                }
+                debug(|| {
+                    format!("otp-filter: swept; {} code(s) in the single-use ledger, {users} user(s) throttled", used.records)
+                });
+            }
+            _ => log(
+                LogLevel::Warn,
+                "otp-filter: sweeping the shared state failed",
             ),
-            _ => log(LogLevel::Warn, "otp-filter: sweeping the shared state failed"),
         }
     }
 
@@ -204,9 +215,11 @@ impl Root {
     /// itself, when Envoy may still be starting or only validating the config; if it cannot be
     /// sent, the next tick retries without a warning or backoff.
     fn fetch_jwks_if_due(&self, early: bool) {
-        let Some(remote) = &self.remote else { return };
+        let (Some(remote), Some(now)) = (&self.remote, now_ms()) else {
+            return;
+        };
         let mut remote = remote.borrow_mut();
-        let Some(fetch) = remote.due(now_ms()) else {
+        let Some(fetch) = remote.due(now) else {
             return;
         };
         let headers: Vec<(&str, &str)> = fetch
@@ -237,7 +250,16 @@ impl Context for Root {
         let Some(remote) = &self.remote else { return };
         let (status, body) = call_response(num_headers, body_size, MAX_JWKS_BYTES);
         let mut remote = remote.borrow_mut();
-        let answer = remote.on_answer(status, &body, now_ms());
+        let Some(now) = now_ms() else {
+            // The refresh schedule runs on the clock: count this as a failed attempt, retry later.
+            remote.on_not_sent();
+            log(
+                LogLevel::Warn,
+                "otp-filter: JWKS answer dropped: the clock could not be read",
+            );
+            return;
+        };
+        let answer = remote.on_answer(status, &body, now);
         if let Some(stats) = &self.stats {
             stats.count(Some(if answer.is_ok() {
                 &stats.jwks_ok
@@ -366,6 +388,8 @@ impl RootContext for Root {
         Some(Box::new(Http {
             config: self.config.clone(),
             stats: self.stats.clone(),
+            clock_fails: false,
+            clock_fails_after_headers: false,
             busy_ns: 0,
             call_started_ms: 0,
             call_timeout_ms: 0,
@@ -386,6 +410,10 @@ struct Http {
     /// `None` only if Envoy created a stream despite a refused config; then every request fails closed.
     config: Option<Rc<Config>>,
     stats: Option<Rc<Stats>>,
+    /// TEST-ONLY (set only by the `crash-test` build's switch): every clock read of this request
+    /// fails, or every read after its headers.
+    clock_fails: bool,
+    clock_fails_after_headers: bool,
     /// Time spent inside this filter's callbacks for this request (for `otp_filter.time.filter_us`).
     busy_ns: u64,
     call_started_ms: u64,
@@ -420,33 +448,24 @@ fn call_response(num_headers: usize, body_size: usize, limit: usize) -> (Option<
     (status, body)
 }
 
-/// The claims the filter needs, read from the payload Envoy's `jwt_authn` left in dynamic metadata
-/// (`payload_in_metadata`). `None` when jwt_authn did not accept a token. Each claim is read as a
-/// leaf, which Envoy hands over as the raw string; the payload as a whole would be a serialized
-/// protobuf Struct.
-fn jwt_authn_claims(config: &Config, payload_key: &str) -> Option<Map<String, Value>> {
-    let base = [
-        "metadata",
-        "filter_metadata",
-        "envoy.filters.http.jwt_authn",
-        payload_key,
-    ];
-    hostcalls::get_property(base.to_vec()).ok().flatten()?;
-    let mut names = vec![config.token.user_id_claim.as_str(), "scope"];
-    if let Some(rule) = &config.token.linked_identity {
-        names.push(rule.claim.as_str());
-    }
-    let mut claims = Map::new();
-    for name in names {
-        let mut path = base.to_vec();
-        path.push(name);
-        if let Ok(Some(bytes)) = hostcalls::get_property(path) {
-            if let Ok(text) = String::from_utf8(bytes) {
-                claims.insert(name.to_string(), Value::String(text));
-            }
-        }
-    }
-    Some(claims)
+/// The verified payload Envoy's `jwt_authn` left in dynamic metadata (`payload_in_metadata`), with
+/// its JSON types intact (see `jwt_authn_metadata` for why the metadata is read whole). `None`
+/// when jwt_authn accepted no token, and when the metadata cannot be read or decoded: the request
+/// is then refused, never let through.
+fn jwt_authn_claims(payload_key: &str) -> Option<Map<String, Value>> {
+    let metadata = hostcalls::get_property(vec!["metadata"]).ok().flatten()?;
+    jwt_authn_metadata::payload(&metadata, payload_key)
+}
+
+/// Warns that corrupt single-use buckets were fenced: codes in them are refused until the fence
+/// expires, so users there need a fresh code. Worth an operator's look: only a bug or another
+/// module writing into this `vm_id`'s shared data corrupts a bucket.
+fn warn_fenced(count: usize, request_id: Option<&str>) {
+    let at = request_id.map_or(String::new(), |id| format!(" request-id={id}:"));
+    log(
+        LogLevel::Warn,
+        &format!("otp-filter:{at} {count} corrupt single-use bucket(s) found and fenced; codes minted before now in them are refused until they expire"),
+    );
 }
 
 /// Whether Envoy would print a debug line, asked before one is formatted: on the hot path at the
@@ -462,9 +481,9 @@ fn debug(message: impl FnOnce() -> String) {
 }
 
 impl Http {
-    fn start(&mut self, end_of_stream: bool, now: u64) -> Result<Action, ()> {
+    fn start(&mut self, end_of_stream: bool, now: Option<u64>) -> Result<Action, ()> {
         let Some(config) = self.config.clone() else {
-            let id = self.ids.borrow_mut().next(now / 1000);
+            let id = self.ids.borrow_mut().next(now.unwrap_or(0) / 1000);
             let failure = Failure::Internal("The filter has no configuration.");
             send(&id, jsonapi::error_reply(failure, &id), failure.code());
             return Ok(Action::Pause);
@@ -493,10 +512,19 @@ impl Http {
         let content_length = header("content-length");
         let id = match header("request-id") {
             Some(id) if request_id::is_valid(&id) => id.into_owned(),
-            _ => self.ids.borrow_mut().next(now / 1000),
+            _ => self.ids.borrow_mut().next(now.unwrap_or(0) / 1000),
+        };
+        let Some(now) = now else {
+            // Without the time no token, code or lock can be judged: fail closed, at once.
+            let failure = Failure::ClockUnavailable;
+            if let Some(stats) = &self.stats {
+                stats.outcome(failure.code());
+            }
+            send(&id, jsonapi::error_reply(failure, &id), failure.code());
+            return Ok(Action::Pause);
         };
         let verified_claims = match &config.token.source {
-            TokenSource::JwtAuthn { payload_key } => jwt_authn_claims(&config, payload_key),
+            TokenSource::JwtAuthn { payload_key } => jwt_authn_claims(payload_key),
             _ => None,
         };
         let head = RequestHead {
@@ -526,9 +554,13 @@ impl Http {
         Ok(self.perform(&config, step, now))
     }
 
-    fn body_progress(&mut self, end_of_stream: bool, now: u64) -> Action {
+    fn body_progress(&mut self, end_of_stream: bool, now: Option<u64>) -> Action {
         let (Some(config), Some(exchange)) = (self.config.clone(), self.exchange.as_mut()) else {
             return Action::Continue;
+        };
+        let Some(now) = now else {
+            let step = exchange.on_clock_failure();
+            return self.perform(&config, step, 0); // never a callout: the time is not needed
         };
         let size = self.buffered;
         let ctx = Ctx {
@@ -551,8 +583,15 @@ impl Http {
         let Some(exchange) = self.exchange.as_mut() else {
             return Action::Pause;
         };
+        if exchange.take_ledger_reset() {
+            if let Some(stats) = &self.stats {
+                stats.count(Some(&stats.corrupt_fenced));
+            }
+            warn_fenced(1, Some(exchange.request_id()));
+        }
         match step {
             Step::Wait => Action::Pause,
+            Step::Forward => Action::Continue,
             Step::Continue => {
                 if let Some(stats) = &self.stats {
                     stats.outcome("gate_passed");
@@ -571,15 +610,7 @@ impl Http {
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect();
-                let (cluster, timeout) = match (&call.upstream, &config.token.source) {
-                    (Upstream::Introspection, TokenSource::Introspection(i)) => {
-                        (i.cluster.as_str(), i.timeout)
-                    }
-                    _ => (
-                        config.credential_service.cluster.as_str(),
-                        config.credential_service.timeout,
-                    ),
-                };
+                let (cluster, timeout) = flow::call_target(config, call.upstream);
                 let sent = hostcalls::dispatch_http_call(
                     cluster,
                     headers,
@@ -597,12 +628,12 @@ impl Http {
                         log(
                             LogLevel::Warn,
                             &format!(
-                                "otp-filter request-id={}: credential callout to cluster \"{}\" not sent: {status:?}",
+                                "otp-filter request-id={}: {} callout to cluster \"{cluster}\" not sent: {status:?}",
                                 exchange.request_id(),
-                                config.credential_service.cluster
+                                call.upstream.name(),
                             ),
                         );
-                        let step = exchange.on_call_not_sent();
+                        let step = exchange.on_call_not_sent(call.upstream);
                         self.perform(config, step, now)
                     }
                 }
@@ -645,8 +676,13 @@ impl Context for Http {
 }
 
 impl Http {
-    fn call_answered(&mut self, num_headers: usize, body_size: usize, now: u64) {
+    fn call_answered(&mut self, num_headers: usize, body_size: usize, now: Option<u64>) {
         let (Some(config), Some(exchange)) = (self.config.clone(), self.exchange.as_mut()) else {
+            return;
+        };
+        let Some(now) = now else {
+            let step = exchange.on_clock_failure();
+            let _ = self.perform(&config, step, 0); // a reply: the callout's answer is not read
             return;
         };
         let (mut status, body) = call_response(
@@ -692,13 +728,58 @@ impl Http {
 }
 
 impl Http {
+    /// The clock for this request's decisions, in ms; `None` when it cannot be read.
+    fn clock_ns(&self) -> Option<u64> {
+        if self.clock_fails {
+            return None;
+        }
+        host::now_ns().ok()
+    }
+
     /// Runs one callback and adds its duration to the request's time in the filter. The callback
-    /// gets the start time in ms: one clock read serves the whole callback.
-    fn timed<T>(&mut self, callback: impl FnOnce(&mut Self, u64) -> T) -> T {
-        let started = now_ns();
-        let result = callback(self, started / 1_000_000);
-        self.busy_ns += now_ns().saturating_sub(started);
+    /// gets the start time in ms (`None`: no clock): one clock read serves the whole callback.
+    fn timed<T>(&mut self, callback: impl FnOnce(&mut Self, Option<u64>) -> T) -> T {
+        let started = self.clock_ns();
+        let result = callback(self, started.map(|ns| ns / 1_000_000));
+        if let (Some(started), Some(ended)) = (started, self.clock_ns()) {
+            self.busy_ns += ended.saturating_sub(started);
+        }
         result
+    }
+}
+
+#[cfg(feature = "crash-test")]
+impl Http {
+    /// TEST-ONLY switches, compiled in only with the `crash-test` feature (never in a production
+    /// build), for what a real Envoy cannot be made to do on demand. `x-otp-filter-crash`:
+    /// - `now`: panic, which kills the VM (tests/failure_policy.rs shows the `failure_policy`);
+    /// - `clock`, `clock-after-headers`: this request's clock reads fail (from the start, or after
+    ///   its headers);
+    /// - `corrupt-ledger`: overwrite every single-use bucket with a byte that is no record.
+    fn crash_test_switch(&mut self) {
+        let Ok(Some(value)) =
+            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-otp-filter-crash")
+        else {
+            return;
+        };
+        match value.as_slice() {
+            b"now" => {
+                #[allow(clippy::panic)] // the test-only crash switch: panicking is its whole job
+                {
+                    panic!("crash requested with x-otp-filter-crash (crash-test build)");
+                }
+            }
+            b"clock" => self.clock_fails = true,
+            b"clock-after-headers" => self.clock_fails_after_headers = true,
+            b"corrupt-ledger" => {
+                if let Some(config) = &self.config {
+                    for index in 0..config.single_use.buckets.max(1) {
+                        let _ = host::set_shared_data(&single_use::bucket_key(index), b"x", None);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -708,25 +789,18 @@ impl HttpContext for Http {
         // production build): tests/failure_policy.rs kills the VM with it to show what Envoy's
         // `failure_policy` does.
         #[cfg(feature = "crash-test")]
-        if let Ok(Some(value)) =
-            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-otp-filter-crash")
-        {
-            if value == b"now" {
-                #[allow(clippy::panic)] // the test-only crash switch: panicking is its whole job
-                {
-                    panic!("crash requested with x-otp-filter-crash (crash-test build)");
-                }
-            }
-        }
-        self.timed(|http, now| match http.start(end_of_stream, now) {
+        self.crash_test_switch();
+        let action = self.timed(|http, now| match http.start(end_of_stream, now) {
             Ok(action) => action,
             Err(()) => {
-                let id = http.ids.borrow_mut().next(now / 1000);
+                let id = http.ids.borrow_mut().next(now.unwrap_or(0) / 1000);
                 let failure = Failure::Internal("The request headers could not be read.");
                 send(&id, jsonapi::error_reply(failure, &id), failure.code());
                 Action::Pause
             }
-        })
+        });
+        self.clock_fails |= self.clock_fails_after_headers;
+        action
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

@@ -143,6 +143,18 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// One RFC 6749 §3.3 scope-token (NQCHAR: printable ASCII but space, `"` and `\`): the 403
+    /// names it in `WWW-Authenticate`, which must not need quoting.
+    fn check_scope(&mut self, field: &str, scope: &str) {
+        let nqchar = |b: u8| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e);
+        if !scope.is_empty() && !scope.bytes().all(nqchar) {
+            self.problem(
+                field,
+                "must be one OAuth scope (RFC 6749 §3.3: printable ASCII, no spaces, quotes or backslashes)",
+            );
+        }
+    }
+
     fn integer(&mut self, field: &str, default: u64, min: u64, max: u64) -> u64 {
         match self.take(field) {
             None => default,
@@ -357,6 +369,7 @@ fn token_section(
     };
     let authorized_parties = s.strings("authorized_parties", Some(&[]));
     let required_scope = s.string("required_scope", Some("user:otp:create"));
+    s.check_scope("required_scope", &required_scope);
     let leeway_seconds = s.integer("leeway_seconds", 30, 0, 60);
     let user_id_claim = s.string("user_id_claim", Some("sub"));
     let linked = s.take("linked_identity");
@@ -581,6 +594,7 @@ fn otp_section(
     let key_list = s.take("master_keys");
     let active_id = s.take("active_key");
     let verify_scope = s.string("verify_scope", Some("user:otp:verify"));
+    s.check_scope("verify_scope", &verify_scope);
     let single_use = s.take("single_use");
     s.finish();
 
@@ -588,6 +602,7 @@ fn otp_section(
     let ledger = LedgerSettings {
         max_entries: u.integer("max_entries", 100_000, 1, 10_000_000) as usize,
         buckets: u.integer("buckets", 256, 1, 4096) as usize,
+        longest_code_ms: lifetime_seconds.saturating_mul(1000),
     };
     u.finish();
 
@@ -842,7 +857,7 @@ mod tests {
                 "max_body_bytes": 10,
                 "colour": "blue",
                 "otp": {"digits": 11, "algorithm": "MD5", "step_seconds": 30, "lifetime_seconds": 45, "master_key_env": "NOPE"},
-                "token": {"issuer": "", "audiences": [], "leeway_seconds": 61, "jwks": {"keys": [{"kty": "oct", "kid": "k"}]}, "extra": 1}
+                "token": {"issuer": "", "audiences": [], "leeway_seconds": 61, "jwks": {"keys": [{"kty": "oct", "kid": "k"}]}, "extra": 1, "required_scope": "user otp"}
             }),
         );
         let message = problems_of(bad);
@@ -856,6 +871,7 @@ mod tests {
             "token.issuer: must be a non-empty string",
             "token.audiences: must be a non-empty array of strings",
             "token.leeway_seconds: must be an integer from 0 to 60",
+            "token.required_scope: must be one OAuth scope (RFC 6749 §3.3: printable ASCII, no spaces, quotes or backslashes)",
             "token.extra: unknown field",
             "token.jwks.keys[0]: symmetric keys do not belong in a JWKS",
             "token: configure \"jwks\", \"remote_jwks\" or \"hmac_keys\"",
@@ -866,7 +882,7 @@ mod tests {
             );
         }
         assert!(
-            message.starts_with("otp-filter configuration has 12 problem(s): "),
+            message.starts_with("otp-filter configuration has 13 problem(s): "),
             "{message}"
         );
     }

@@ -44,6 +44,16 @@ pub enum Upstream {
     Introspection,
 }
 
+impl Upstream {
+    /// For log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Upstream::CredentialService => "credential service",
+            Upstream::Introspection => "token introspection",
+        }
+    }
+}
+
 /// Everything `dispatch_http_call` needs but the cluster, which `upstream` names. The body holds a
 /// secret (a PIN, password or token): never log it.
 pub struct Callout {

@@ -47,6 +47,8 @@ pub enum Failure {
     IntrospectionTimeout,
     IntrospectionError,
     IntrospectionBadAnswer,
+    /// The proxy's clock could not be read: no time-bound decision can be made.
+    ClockUnavailable,
     Internal(&'static str),
 }
 
@@ -84,12 +86,13 @@ impl Failure {
             | IntrospectionBadAnswer
             | SharedStateUnavailable
             | SingleUseLedgerFull
+            | ClockUnavailable
             | Internal(_) => 500,
         }
     }
 
     /// Every code `code()` can return, for defining one counter per code up front.
-    pub const ALL_CODES: [&'static str; 36] = [
+    pub const ALL_CODES: [&'static str; 37] = [
         "method-not-allowed",
         "token-missing",
         "token-malformed",
@@ -125,6 +128,7 @@ impl Failure {
         "introspection-timeout",
         "introspection-error",
         "introspection-bad-answer",
+        "clock-unavailable",
         "internal-error",
     ];
 
@@ -166,6 +170,7 @@ impl Failure {
             IntrospectionTimeout => "introspection-timeout",
             IntrospectionError => "introspection-error",
             IntrospectionBadAnswer => "introspection-bad-answer",
+            ClockUnavailable => "clock-unavailable",
             Internal(_) => "internal-error",
         }
     }
@@ -206,6 +211,7 @@ impl Failure {
             | IntrospectionBadAnswer
             | SharedStateUnavailable
             | SingleUseLedgerFull
+            | ClockUnavailable
             | Internal(_) => "Internal server error",
         }
     }
@@ -219,7 +225,8 @@ impl Failure {
             TokenKeyUnknown => "The token is signed with a key this service does not know.",
             TokenExpired => "The token has expired.",
             TokenNotYetValid => "The token is not valid yet.",
-            InsufficientScope => "The token lacks the scope user:otp:create.",
+            // error_reply_naming puts the required scope in; this text is for when none is known.
+            InsufficientScope => "The token lacks the scope this resource requires.",
             NotAcceptable => {
                 "The Accept header allows neither application/json nor application/vnd.api+json."
             }
@@ -251,6 +258,7 @@ impl Failure {
             IntrospectionBadAnswer => "The token introspection endpoint answered with an unreadable body.",
             TokenInactive => "The token is not active.",
             TokenRejected => "The token was not accepted by the proxy's JWT verification.",
+            ClockUnavailable => "The proxy's clock could not be read.",
             Internal(d) => d,
         }
     }
@@ -279,9 +287,7 @@ impl Failure {
             | TokenClaimsInvalid(_)
             | TokenInactive
             | TokenRejected => Some("Bearer realm=\"otp\", error=\"invalid_token\""),
-            InsufficientScope => Some(
-                "Bearer realm=\"otp\", error=\"insufficient_scope\", scope=\"user:otp:create\"",
-            ),
+            InsufficientScope => Some("Bearer realm=\"otp\", error=\"insufficient_scope\""),
             MissingLinkedIdentity => Some("Bearer realm=\"otp\""),
             _ => None,
         }
@@ -336,6 +342,7 @@ mod tests {
             IntrospectionTimeout,
             IntrospectionError,
             IntrospectionBadAnswer,
+            ClockUnavailable,
             Internal(""),
         ];
         let codes: Vec<&str> = every.iter().map(|f| f.code()).collect();

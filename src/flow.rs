@@ -15,12 +15,14 @@
 //! computed at once but reported only after the token passed, and a body that arrives meanwhile is
 //! kept, so the order above holds in every mode.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value};
 
 use crate::body::{self, Credentials};
 use crate::claims_cache::{token_hash, ClaimsCache, TokenHash};
 use crate::config::{Config, OtpSource};
-use crate::credential::{self, Callout, SecretKind, Verdict};
+use crate::credential::{self, Callout, SecretKind, Upstream, Verdict};
 use crate::failure::Failure;
 use crate::introspection::{self, Answer};
 use crate::jsonapi::{self, Reply};
@@ -70,8 +72,11 @@ pub enum Step {
     Wait,
     /// Send this callout (to the credential service or the introspection endpoint) and wait.
     Call(Callout),
-    /// Let the request go upstream unchanged (a gate passed).
+    /// Let the request go upstream unchanged: a gate just passed (counted once).
     Continue,
+    /// The gate passed earlier: let this part of the request (body, trailers) through as it is.
+    /// Pausing it would hang a request whose headers already went upstream.
+    Forward,
     /// Answer the client and end the exchange. `outcome` is the error code, or what succeeded.
     Reply { reply: Reply, outcome: &'static str },
 }
@@ -108,6 +113,18 @@ pub fn route(config: &Config, method: &str, path: &str) -> Option<Route> {
         .map(Route::Gate)
 }
 
+/// The cluster and timeout of a callout: the credential service's, or the introspection
+/// endpoint's when the token is introspected.
+pub fn call_target(config: &Config, upstream: Upstream) -> (&str, Duration) {
+    match (upstream, &config.token.source) {
+        (Upstream::Introspection, TokenSource::Introspection(i)) => (i.cluster.as_str(), i.timeout),
+        _ => (
+            config.credential_service.cluster.as_str(),
+            config.credential_service.timeout,
+        ),
+    }
+}
+
 enum Stage {
     Introspecting {
         token: TokenHash,
@@ -121,6 +138,8 @@ enum Stage {
         pin: Option<Secret>,
     },
     CheckingPin,
+    /// A gate passed: the rest of the request flows upstream untouched.
+    Passed,
     Finished,
 }
 
@@ -144,6 +163,11 @@ pub struct Exchange {
     header_code: Option<Secret>,
     /// What the last credential callout answered, for the stats (taken by the adapter).
     credential_result: Option<&'static str>,
+    /// The scope the token lacked, named in the 403 (set only on that failure).
+    missing_scope: Option<String>,
+    /// A corrupt single-use bucket was fenced off during this exchange (counted and logged by the
+    /// adapter, taken once).
+    ledger_reset: bool,
 }
 
 /// Accept, Content-Type and the declared length, in that order.
@@ -186,6 +210,8 @@ impl Exchange {
             early_body: EarlyBody::None,
             header_code: head.otp_header.map(|h| Secret::new(h.to_string())),
             credential_result: None,
+            missing_scope: None,
+            ledger_reset: false,
         };
         if let Route::Create | Route::Verify = route {
             if head.method != "POST" {
@@ -225,9 +251,24 @@ impl Exchange {
         }
     }
 
+    /// Whether a corrupt single-use bucket was fenced off, once (for the counter and a warning).
+    pub fn take_ledger_reset(&mut self) -> bool {
+        std::mem::take(&mut self.ledger_reset)
+    }
+
+    /// The route's scope check; a 403 names the scope that was required.
     fn accept_token(&mut self, config: &Config, verified: Verified) -> Result<(), Failure> {
-        self.user_id = verified.require_scope(self.scope(config))?.user_id;
-        Ok(())
+        let scope = self.scope(config);
+        match verified.require_scope(scope) {
+            Ok(verified) => {
+                self.user_id = verified.user_id;
+                Ok(())
+            }
+            Err(failure) => {
+                self.missing_scope = scope.map(str::to_string);
+                Err(failure)
+            }
+        }
     }
 
     /// Verifies the token now, or returns the introspection callout that will.
@@ -321,6 +362,9 @@ impl Exchange {
         end_of_stream: bool,
         read: impl FnOnce() -> Result<Vec<u8>, ()>,
     ) -> Step {
+        if let Stage::Passed = self.stage {
+            return Step::Forward;
+        }
         let limit = self.body_limit(ctx.config);
         if let Stage::Draining(failure) = self.stage {
             // Buffered, never parsed; answered once complete, or at once if it grows too large.
@@ -435,6 +479,10 @@ impl Exchange {
                 Ok(true)
             }
             Ok(Consumed::AlreadyUsed) => Ok(false),
+            Ok(Consumed::FencedCorrupt) => {
+                self.ledger_reset = true;
+                Ok(false)
+            }
             Err(LedgerError::Full) => Err(Failure::SingleUseLedgerFull),
             Err(LedgerError::Store(e)) => Err(store_failure(e)),
         }
@@ -491,7 +539,7 @@ impl Exchange {
         };
         match self.use_code(ctx, &code) {
             Ok(true) => {
-                self.stage = Stage::Finished;
+                self.stage = Stage::Passed;
                 Step::Continue
             }
             Ok(false) => self.fail(Failure::OtpRequired),
@@ -514,7 +562,7 @@ impl Exchange {
             }
             Stage::CheckingPassword { pin } => pin,
             Stage::CheckingPin => None,
-            Stage::AwaitingBody | Stage::Draining(_) | Stage::Finished => {
+            Stage::AwaitingBody | Stage::Draining(_) | Stage::Passed | Stage::Finished => {
                 return self.fail(Failure::Internal(
                     "A credential answer arrived unexpectedly.",
                 ))
@@ -560,15 +608,14 @@ impl Exchange {
             Ok(Answer::Inactive) => return self.fail_after_body(Failure::TokenInactive, body_done),
             Ok(Answer::Active(claims)) => claims,
         };
-        let verified = token::check_claims(&ctx.config.token, &claims, ctx.now_ms / 1000)
-            .and_then(|v| v.require_scope(self.scope(ctx.config)));
-        match verified {
+        let accepted = token::check_claims(&ctx.config.token, &claims, ctx.now_ms / 1000)
+            .and_then(|verified| self.accept_token(ctx.config, verified));
+        match accepted {
             Err(failure) => self.fail_after_body(failure, body_done),
-            Ok(verified) => {
+            Ok(()) => {
                 if let Some(cache) = cache {
                     cache.insert(token, claims, ctx.now_ms);
                 }
-                self.user_id = verified.user_id;
                 // Whether the body already ended is in `early_body`; a body still to come arrives later.
                 self.token_passed(ctx, false)
             }
@@ -576,10 +623,22 @@ impl Exchange {
     }
 
     /// `dispatch_http_call` refused the callout (unknown cluster, missing header): fail closed.
-    pub fn on_call_not_sent(&mut self) -> Step {
-        self.fail(Failure::Internal(
-            "The credential service call could not be started.",
-        ))
+    pub fn on_call_not_sent(&mut self, upstream: Upstream) -> Step {
+        self.fail(Failure::Internal(match upstream {
+            Upstream::CredentialService => "The credential service call could not be started.",
+            Upstream::Introspection => "The token introspection call could not be started.",
+        }))
+    }
+
+    /// The proxy's clock could not be read in a callback. Every decision left (token times, code
+    /// steps, the throttle, the ledger) needs it, so the request fails closed; a gate that already
+    /// passed needs no more decisions, and a finished exchange has answered already.
+    pub fn on_clock_failure(&mut self) -> Step {
+        match self.stage {
+            Stage::Passed => Step::Forward,
+            Stage::Finished => Step::Wait,
+            _ => self.fail(Failure::ClockUnavailable),
+        }
     }
 
     fn callout(&self, config: &Config, kind: SecretKind, secret: &Secret) -> Callout {
@@ -616,7 +675,8 @@ impl Exchange {
     }
 
     fn fail(&mut self, failure: Failure) -> Step {
-        let reply = jsonapi::error_reply(failure, &self.request_id);
+        let reply =
+            jsonapi::error_reply_naming(failure, &self.request_id, self.missing_scope.as_deref());
         self.reply(reply, failure.code())
     }
 }
@@ -960,8 +1020,79 @@ mod tests {
     fn a_callout_that_cannot_be_sent_fails_closed() {
         let (mut exchange, _) = with_body(r#"{"pin":"8299"}"#);
         assert_eq!(
-            answer(&exchange.on_call_not_sent()),
+            answer(&exchange.on_call_not_sent(Upstream::CredentialService)),
             (500, "internal-error".into())
+        );
+    }
+
+    #[test]
+    fn a_clock_that_cannot_be_read_fails_closed() {
+        // Waiting for the body, or for the credential service: 500, never a decision at time 0.
+        let (mut exchange, step) = start(&valid(), false);
+        assert!(matches!(step, Step::Wait));
+        assert_eq!(
+            answer(&exchange.on_clock_failure()),
+            (500, "clock-unavailable".into())
+        );
+        let (mut exchange, step) = with_body(r#"{"pin":"8299"}"#);
+        assert!(matches!(step, Step::Call(_)));
+        assert_eq!(
+            answer(&exchange.on_clock_failure()),
+            (500, "clock-unavailable".into())
+        );
+        // Answered already: nothing more is sent.
+        assert!(matches!(exchange.on_clock_failure(), Step::Wait));
+    }
+
+    #[test]
+    fn a_missing_scope_names_the_scope_required() {
+        let mut c = testkit::config();
+        c.token.required_scope = "pace:otp".into();
+        let token = testkit::rs256(&claims());
+        let auth = format!("Bearer {token}");
+        let head = RequestHead {
+            method: "POST",
+            authorization: Some(&auth),
+            accept: None,
+            content_type: Some("application/json"),
+            content_length: None,
+            verified_claims: None,
+            otp_header: None,
+            end_of_stream: true,
+        };
+        let (_, step) = Exchange::start(
+            &cx(&c),
+            Route::Create,
+            TokenState::default(),
+            &head,
+            "id".into(),
+        );
+        let Step::Reply { reply, outcome } = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!((reply.status, outcome), (403, "insufficient-scope"));
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            body["errors"][0]["detail"],
+            "The token lacks the scope pace:otp."
+        );
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer realm=\"otp\", error=\"insufficient_scope\", scope=\"pace:otp\"")
+        );
+    }
+
+    #[test]
+    fn callouts_go_to_their_own_cluster() {
+        let c = testkit::config();
+        assert_eq!(
+            call_target(&c, Upstream::CredentialService).0,
+            c.credential_service.cluster
+        );
+        // Without introspection configured, nothing goes anywhere else.
+        assert_eq!(
+            call_target(&c, Upstream::Introspection).0,
+            c.credential_service.cluster
         );
     }
 
@@ -992,7 +1123,6 @@ mod tests {
 #[cfg(test)]
 mod mode_tests {
     use super::*;
-    use crate::credential::Upstream;
     use crate::shared_store::MemoryStore;
     use crate::testkit::{self, claims, merged, NOW};
     use serde_json::json;
@@ -1292,6 +1422,7 @@ mod one_time_tests {
         match step {
             Step::Reply { outcome, .. } => outcome,
             Step::Continue => "continue",
+            Step::Forward => "forward",
             Step::Call(_) => "call",
             Step::Wait => "wait",
         }
@@ -1452,10 +1583,24 @@ mod one_time_tests {
         let auth = format!("Bearer {}", testkit::rs256(&claims()));
         let code = code(&config, "demo-user");
         let body = json!({"data": {"attributes": {"otp": code}}}).to_string();
+        let (mut ex, _) = Exchange::start(
+            &ctx,
+            Route::Gate(0),
+            TokenState::default(),
+            &head(&auth, None),
+            "id".into(),
+        );
+        let bytes = body.as_bytes().to_vec();
         assert_eq!(
-            outcome(&run(&ctx, Route::Gate(0), &auth, None, &body)),
+            outcome(&ex.on_body(&ctx, bytes.len(), true, || Ok(bytes))),
             "continue"
         );
+        // Trailers after the body, or a failing clock, no longer stop a request that passed.
+        assert_eq!(
+            outcome(&ex.on_body(&ctx, 0, true, || Ok(vec![]))),
+            "forward"
+        );
+        assert_eq!(outcome(&ex.on_clock_failure()), "forward");
         assert_eq!(
             outcome(&run(&ctx, Route::Gate(0), &auth, None, &body)),
             "otp:invalid"
@@ -1468,7 +1613,33 @@ mod one_time_tests {
             outcome(&run(&ctx, Route::Gate(0), &auth, None, "not json")),
             "otp:invalid"
         );
-        // Header gates decide at the headers.
+        // Header gates decide at the headers; the body, if any, then flows through.
+        let fresh = otp::mint(&config.otp, "demo-user", NOW_MS + 60_000)
+            .unwrap()
+            .code
+            .expose_str()
+            .to_string();
+        let later = Ctx {
+            config: &config,
+            store: &store,
+            now_ms: NOW_MS + 60_000,
+        };
+        let (mut ex, step) = Exchange::start(
+            &later,
+            Route::Gate(1),
+            TokenState::default(),
+            &head(&auth, Some(&fresh)),
+            "id".into(),
+        );
+        assert_eq!(outcome(&step), "continue");
+        assert_eq!(
+            outcome(&ex.on_body(&later, 10, false, || Ok(vec![]))),
+            "forward"
+        );
+        assert_eq!(
+            outcome(&ex.on_body(&later, 10_000, true, || Ok(vec![]))),
+            "forward"
+        );
         let (_, step) = Exchange::start(
             &ctx,
             Route::Gate(1),

@@ -24,12 +24,24 @@ impl Reply {
 
 /// One error object whose `id` is the `Request-Id` of the response, as PACE's framework does.
 pub fn error_reply(failure: Failure, request_id: &str) -> Reply {
+    error_reply_naming(failure, request_id, None)
+}
+
+/// As `error_reply`; a 403 `insufficient-scope` names `scope`, the one the route required, in its
+/// detail and its RFC 6750 challenge (config only accepts RFC 6749 scope-tokens, which need no
+/// quoting).
+pub fn error_reply_naming(failure: Failure, request_id: &str, scope: Option<&str>) -> Reply {
+    let scope = scope.filter(|_| failure == Failure::InsufficientScope);
+    let detail = match scope {
+        Some(scope) => format!("The token lacks the scope {scope}."),
+        None => failure.detail().to_string(),
+    };
     let mut error = json!({
         "id": request_id,
         "status": failure.status().to_string(),
         "code": failure.code(),
         "title": failure.title(),
-        "detail": failure.detail(),
+        "detail": detail,
     });
     if let (Some(pointer), Some(object)) = (failure.pointer(), error.as_object_mut()) {
         object.insert("source".into(), json!({ "pointer": pointer }));
@@ -47,7 +59,11 @@ pub fn error_reply(failure: Failure, request_id: &str) -> Reply {
         _ => {}
     }
     if let Some(challenge) = failure.www_authenticate() {
-        headers.push(("www-authenticate", challenge.to_string()));
+        let challenge = match scope {
+            Some(scope) => format!("{challenge}, scope=\"{scope}\""),
+            None => challenge.to_string(),
+        };
+        headers.push(("www-authenticate", challenge));
     }
     Reply {
         status: failure.status(),

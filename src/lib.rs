@@ -14,6 +14,7 @@ pub mod introspection;
 pub mod jsonapi;
 pub mod jwk;
 pub mod jwks;
+pub mod jwt_authn_metadata;
 pub mod metrics;
 pub mod negotiation;
 pub mod otp;

@@ -52,6 +52,8 @@ pub fn all_outcomes() -> impl Iterator<Item = &'static str> {
 
 pub const JWKS_FETCH_OK: &str = "otp_filter.jwks.fetch_ok";
 pub const JWKS_FETCH_FAILED: &str = "otp_filter.jwks.fetch_failed";
+/// Corrupt single-use buckets found and fenced (see `single_use`); anything above 0 wants a look.
+pub const SINGLE_USE_CORRUPT_FENCED: &str = "otp_filter.state.single_use_corrupt_fenced";
 pub const SINGLE_USE_RECORDS: &str = "otp_filter.state.single_use_records";
 pub const THROTTLED_USERS: &str = "otp_filter.state.throttled_users";
 pub const CREDENTIAL_LATENCY_MS: &str = "otp_filter.time.credential_callout_ms";

@@ -7,6 +7,12 @@
 //! `ceil(max_entries / buckets)` records. A full bucket refuses new codes instead of evicting a
 //! record that has not expired: eviction would let that code be replayed. Size `max_entries` with
 //! headroom over the codes accepted per lifetime, since buckets fill unevenly.
+//!
+//! A bucket whose value is not a whole number of records (a bug, or a foreign writer in the same
+//! `vm_id`) cannot say which codes were used. It is replaced by a *fence*: a record that refuses,
+//! until it expires, every code that could have been minted before the corruption was found (any
+//! code expiring no later than the fence). Later codes are accepted as usual. So a corrupt bucket
+//! costs its users one fresh code, never a replay, and each fence is counted and logged.
 
 use std::fmt;
 
@@ -23,6 +29,9 @@ pub struct LedgerSettings {
     pub buckets: usize,
     /// Records across all buckets; each bucket holds `ceil(max_entries / buckets)`, at least 1.
     pub max_entries: usize,
+    /// The longest a code minted now can stay valid (`otp.lifetime_seconds`): how long a fence
+    /// must refuse codes after a corrupt bucket is found.
+    pub longest_code_ms: u64,
 }
 
 impl LedgerSettings {
@@ -39,8 +48,35 @@ impl LedgerSettings {
 pub enum Consumed {
     /// The first use: the code is now marked used.
     First,
-    /// The code was used before and has not expired: refuse it.
+    /// The code was used before and has not expired, or a fence says it may have been: refuse it.
     AlreadyUsed,
+    /// The code's bucket was corrupt and is now fenced: refuse the code, and count and log this.
+    FencedCorrupt,
+}
+
+/// What one sweep found: the records left, and how many corrupt buckets it fenced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub records: usize,
+    pub fenced: usize,
+}
+
+/// The id a fence record carries. Real ids are SHA-256 prefixes, so none is all ones but with
+/// probability 2^-128.
+const FENCE: [u8; 16] = [0xff; 16];
+
+fn is_corrupt(value: Option<&[u8]>) -> bool {
+    value.is_some_and(|v| v.len() % RECORD_LEN != 0)
+}
+
+fn fence(settings: &LedgerSettings, now_ms: u64) -> Vec<u8> {
+    let mut value = Vec::with_capacity(RECORD_LEN);
+    push(
+        &mut value,
+        &FENCE,
+        now_ms.saturating_add(settings.longest_code_ms),
+    );
+    value
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,15 +139,25 @@ pub fn consume(
     let key = bucket_key(bucket_index(&id, settings.bucket_count()));
     let capacity = settings.per_bucket();
     let answer = shared_store::update(store, &key, |current| {
+        if is_corrupt(current) {
+            return Update::Write(fence(settings, now_ms), Ok(Consumed::FencedCorrupt));
+        }
         let records = records(current);
         let mut live = 0usize;
         for (other, expiry) in records.clone() {
-            if expiry > now_ms {
-                if other == id {
+            if expiry <= now_ms {
+                continue;
+            }
+            if other == FENCE {
+                if expires_at_ms <= expiry {
                     return Update::Keep(Ok(Consumed::AlreadyUsed));
                 }
-                live = live.saturating_add(1);
+                continue; // a fence takes no room from codes
             }
+            if other == id {
+                return Update::Keep(Ok(Consumed::AlreadyUsed));
+            }
+            live = live.saturating_add(1);
         }
         if live >= capacity {
             return Update::Keep(Err(LedgerError::Full));
@@ -126,34 +172,37 @@ pub fn consume(
     answer.map_err(LedgerError::Store)?
 }
 
-/// Drops expired records in every bucket (on a timer) and resets corrupt ones. Returns the records
-/// left in total.
+/// Drops expired records in every bucket (on a timer) and fences corrupt ones.
 pub fn sweep(
     store: &dyn SharedStore,
     settings: &LedgerSettings,
     now_ms: u64,
-) -> Result<usize, StoreError> {
-    let mut left = 0usize;
+) -> Result<Swept, StoreError> {
+    let mut swept = Swept::default();
     for index in 0..settings.bucket_count() {
-        let kept = shared_store::update(store, &bucket_key(index), |current| {
+        let (kept, fenced) = shared_store::update(store, &bucket_key(index), |current| {
             let Some(value) = current else {
-                return Update::Keep(0); // never create keys here
+                return Update::Keep((0, false)); // never create keys here
             };
+            if is_corrupt(current) {
+                return Update::Write(fence(settings, now_ms), (1, true));
+            }
             let mut kept = Vec::with_capacity(value.len());
             for (id, expiry) in records(current).filter(|(_, expiry)| *expiry > now_ms) {
                 push(&mut kept, &id, expiry);
             }
             let live = kept.len() / RECORD_LEN;
-            // Same length: nothing expired and the value was not corrupt.
+            // Same length: nothing expired.
             if kept.len() == value.len() {
-                Update::Keep(live)
+                Update::Keep((live, false))
             } else {
-                Update::Write(kept, live)
+                Update::Write(kept, (live, false))
             }
         })?;
-        left = left.saturating_add(kept);
+        swept.records = swept.records.saturating_add(kept);
+        swept.fenced = swept.fenced.saturating_add(usize::from(fenced));
     }
-    Ok(left)
+    Ok(swept)
 }
 
 /// Records currently stored, expired or not (for a gauge).
@@ -168,10 +217,8 @@ pub fn count(store: &dyn SharedStore, settings: &LedgerSettings) -> Result<usize
     Ok(total)
 }
 
-/// The records of a bucket value. A value whose length is not a whole number of records can only
-/// come from a bug or a foreign writer; it reads as empty, and the next write replaces it. Failing
-/// closed instead would refuse every code in that bucket for as long as shared data lives (it
-/// outlives VM reloads), and the records it may have held cannot be trusted anyway.
+/// The records of a bucket value; a corrupt value (see the module docs) reads as empty here, and
+/// `consume` and `sweep` fence it before anything else.
 fn records(value: Option<&[u8]>) -> impl Iterator<Item = ([u8; 16], u64)> + Clone + '_ {
     let value = value
         .filter(|v| v.len() % RECORD_LEN == 0)
@@ -199,6 +246,7 @@ mod tests {
         LedgerSettings {
             buckets,
             max_entries,
+            longest_code_ms: 300_000,
         }
     }
 
@@ -329,16 +377,17 @@ mod tests {
             let id = code_id("k", "u", n);
             consume(&store, &s, id, NOW + 1_000 * (n + 1), NOW).unwrap();
         }
+        let left = |records| Ok(Swept { records, fenced: 0 });
         assert_eq!(count(&store, &s), Ok(10));
-        assert_eq!(sweep(&store, &s, NOW), Ok(10));
+        assert_eq!(sweep(&store, &s, NOW), left(10));
         let writes = store.writes();
-        assert_eq!(sweep(&store, &s, NOW + 4_000), Ok(6));
+        assert_eq!(sweep(&store, &s, NOW + 4_000), left(6));
         assert_eq!(count(&store, &s), Ok(6));
         assert!(store.writes() > writes);
         let writes = store.writes();
-        assert_eq!(sweep(&store, &s, NOW + 4_000), Ok(6));
+        assert_eq!(sweep(&store, &s, NOW + 4_000), left(6));
         assert_eq!(store.writes(), writes, "nothing to drop, nothing written");
-        assert_eq!(sweep(&store, &s, NOW + 10_000), Ok(0));
+        assert_eq!(sweep(&store, &s, NOW + 10_000), left(0));
         assert_eq!(store.total_bytes(), 0);
         assert_eq!(store.len(), 4, "buckets stay");
     }
@@ -347,30 +396,64 @@ mod tests {
     fn sweep_and_count_never_create_buckets() {
         let store = MemoryStore::new();
         let s = settings(4, 100);
-        assert_eq!(sweep(&store, &s, NOW), Ok(0));
+        assert_eq!(sweep(&store, &s, NOW), Ok(Swept::default()));
         assert_eq!(count(&store, &s), Ok(0));
         assert!(store.is_empty());
     }
 
     #[test]
-    fn a_corrupt_bucket_is_reset() {
+    fn a_corrupt_bucket_is_fenced_never_replayed() {
         let store = MemoryStore::new();
         let s = settings(1, 100);
         initialize(&store, &s).unwrap();
         let id = code_id("k", "u", 1);
-        consume(&store, &s, id, NOW + 1_000, NOW).unwrap();
+        let expiry = NOW + 60_000;
+        consume(&store, &s, id, expiry, NOW).unwrap();
         let (value, cas) = store.get(&bucket_key(0)).unwrap();
         let mut value = value.unwrap();
-        value.push(0); // 25 bytes
+        value.push(0); // 25 bytes: the used code's record can no longer be trusted
         store.set(&bucket_key(0), &value, cas).unwrap();
         assert_eq!(count(&store, &s), Ok(0));
+        // The used code is refused, and so is every code that may predate the corruption.
         assert_eq!(
-            consume(&store, &s, id, NOW + 1_000, NOW),
+            consume(&store, &s, id, expiry, NOW + 1),
+            Ok(Consumed::FencedCorrupt)
+        );
+        assert_eq!(
+            consume(&store, &s, id, expiry, NOW + 2),
+            Ok(Consumed::AlreadyUsed)
+        );
+        let other = code_id("k", "u", 2);
+        assert_eq!(
+            consume(&store, &s, other, NOW + 1 + 300_000, NOW + 2),
+            Ok(Consumed::AlreadyUsed),
+            "a code expiring at the fence may have been minted before it"
+        );
+        // A code minted after the fence was set expires after it, and is accepted once.
+        let later = code_id("k", "u", 3);
+        assert_eq!(
+            consume(&store, &s, later, NOW + 2 + 300_000, NOW + 2),
             Ok(Consumed::First)
         );
-        assert_eq!(store.total_bytes(), RECORD_LEN);
+        assert_eq!(
+            consume(&store, &s, later, NOW + 2 + 300_000, NOW + 3),
+            Ok(Consumed::AlreadyUsed)
+        );
+        // The sweep fences a corrupt bucket too, and says so.
         store.set(&bucket_key(0), b"junk", None).unwrap();
-        assert_eq!(sweep(&store, &s, NOW), Ok(0));
+        assert_eq!(
+            sweep(&store, &s, NOW),
+            Ok(Swept {
+                records: 1,
+                fenced: 1
+            })
+        );
+        assert_eq!(
+            consume(&store, &s, id, expiry, NOW + 1),
+            Ok(Consumed::AlreadyUsed)
+        );
+        // Once the fence expires, the sweep drops it.
+        assert_eq!(sweep(&store, &s, NOW + 300_001), Ok(Swept::default()));
         assert_eq!(store.get(&bucket_key(0)).unwrap().0, Some(vec![]));
     }
 

@@ -44,7 +44,9 @@ pub enum TokenSource {
 }
 
 /// A claim that says the user has a linked identity. Without `equals`, the claim must be present
-/// and not `null`, `false`, `""`, `[]` or `{}`.
+/// and not `null`, `false`, `0`, `""`, `[]` or `{}`. With `equals`, it must equal that JSON value;
+/// numbers compare by value (`1` equals `1.0`), since a token verified by Envoy's `jwt_authn`
+/// arrives with every number as a double.
 pub struct LinkedIdentityRule {
     pub claim: String,
     pub equals: Option<Value>,
@@ -54,15 +56,32 @@ impl LinkedIdentityRule {
     fn holds(&self, claims: &Map<String, Value>) -> bool {
         match (claims.get(&self.claim), &self.equals) {
             (None, _) => false,
-            (Some(value), Some(expected)) => value == expected,
+            (Some(value), Some(expected)) => json_equal(value, expected),
             (Some(value), None) => match value {
                 Value::Null | Value::Bool(false) => false,
+                Value::Number(n) => n.as_f64() != Some(0.0),
                 Value::String(s) => !s.is_empty(),
                 Value::Array(a) => !a.is_empty(),
                 Value::Object(o) => !o.is_empty(),
-                _ => true,
+                Value::Bool(true) => true,
             },
         }
+    }
+}
+
+/// JSON equality with numbers compared by value.
+fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_equal(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, x)| y.get(k).is_some_and(|y| json_equal(x, y)))
+        }
+        _ => a == b,
     }
 }
 
@@ -682,6 +701,45 @@ mod tests {
         );
         assert!(t(json!({"linked": "google"})).is_ok());
         assert!(t(json!({"linked": ["google"]})).is_ok());
+        for falsy in [json!(0), json!(0.0), json!(null), json!([]), json!({})] {
+            assert_eq!(
+                t(json!({ "linked": falsy })),
+                Err(Failure::MissingLinkedIdentity),
+                "{falsy}"
+            );
+        }
+        for truthy in [
+            json!(1),
+            json!(-1),
+            json!(0.5),
+            json!(true),
+            json!({"idp": "x"}),
+        ] {
+            assert!(t(json!({ "linked": truthy })).is_ok(), "{truthy}");
+        }
+        // `equals` compares numbers by value, at any depth.
+        config.token.linked_identity = Some(LinkedIdentityRule {
+            claim: "linked".into(),
+            equals: Some(json!({"level": 1, "idps": [2]})),
+        });
+        let t = |c: Value| {
+            verify(
+                &config.token,
+                None,
+                None,
+                &testkit::rs256(&with(c)),
+                NOW * 1000,
+            )
+        };
+        assert!(t(json!({"linked": {"level": 1.0, "idps": [2.0]}})).is_ok());
+        assert_eq!(
+            t(json!({"linked": {"level": 1, "idps": [2, 3]}})),
+            Err(Failure::MissingLinkedIdentity)
+        );
+        assert_eq!(
+            t(json!({"linked": {"level": "1", "idps": [2]}})),
+            Err(Failure::MissingLinkedIdentity)
+        );
         config.token.linked_identity = Some(LinkedIdentityRule {
             claim: "idp".into(),
             equals: Some(json!("pace")),

@@ -35,16 +35,6 @@ const RELOAD_STATS: [&str; 4] = [
     "wasm.otp_filter.vm_reload_failure",
 ];
 
-fn crash_wasm() -> PathBuf {
-    let path = root().join("target/wasm32-wasip1/crash-test/otp_filter.wasm");
-    assert!(
-        path.exists(),
-        "{} is missing: run `make build-crash-test` (part of `make test`)",
-        path.display()
-    );
-    path
-}
-
 /// Envoy running the crash build with `policy`, in front of the reference credential service,
 /// with an access log that shows each answer's response code details.
 struct Crashable {

@@ -303,30 +303,7 @@ fn gated_config(service_port: u16, echo_port: u16) -> String {
         let c = c
             .replace(r#""step_seconds": 60"#, r#""step_seconds": 1"#)
             .replace(r#""lifetime_seconds": 300"#, r#""lifetime_seconds": 30"#);
-        let routes = r#"              - match: { path: "/user/2021-2/user/pin" }
-                route: { cluster: echo }
-              - match: { path: "/user/2021-2/user" }
-                route: { cluster: echo }
-              - match: { prefix: "/pay/" }
-                route: { cluster: echo }
-"#;
-        let cluster = format!(
-            r#"
-  - name: echo
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: echo
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {echo_port} }}
-"#
-        );
-        let anchor = "              # PACE's user API.";
-        assert!(c.contains(anchor));
-        c.replacen(anchor, &format!("{routes}{anchor}"), 1) + &cluster
+        with_gated_upstream(c, echo_port)
     })
 }
 

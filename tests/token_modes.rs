@@ -259,3 +259,35 @@ fn introspection_endpoint_down_or_slow_fails_closed() {
     );
     assert_eq!(service.stats()["pin_checks"], 0);
 }
+
+#[test]
+fn an_introspection_call_that_cannot_be_sent_is_logged_under_its_own_cluster() {
+    let service = CredentialService::start(&[]);
+    let envoy = introspection_envoy(&service, service.port, |c| {
+        let from = r#""cluster": "introspection","#;
+        assert!(c.contains(from));
+        c.replace(from, r#""cluster": "no-such-cluster","#)
+    });
+    let e = assert_error(
+        &create_otp(envoy.port, &token(), PIN),
+        500,
+        "internal-error",
+    );
+    assert_eq!(
+        e["detail"],
+        "The token introspection call could not be started."
+    );
+    assert_eq!(service.stats()["introspections"], 0);
+    assert_eq!(service.stats()["pin_checks"], 0);
+    wait_for("the warning", || {
+        envoy
+            .log_text()
+            .contains(r#"token introspection callout to cluster "no-such-cluster" not sent"#)
+    });
+    assert!(
+        !envoy
+            .log_text()
+            .contains(r#"to cluster "credential_service" not sent"#),
+        "the credential service's cluster is not blamed"
+    );
+}

@@ -294,7 +294,7 @@ impl<'s> Worker<'s> {
                     out.extend_from_slice(&reply.body);
                     return out;
                 }
-                Step::Wait | Step::Continue => {
+                Step::Wait | Step::Continue | Step::Forward => {
                     return b"HTTP/1.1 500 X\r\ncontent-length: 0\r\n\r\n".to_vec();
                 }
             };

@@ -20,8 +20,10 @@ use sha2::Sha256;
 
 use crate::service::auth_matches;
 
-/// Claims an active answer copies from the token, when the token has them (RFC 7662 §2.2).
-const COPIED_CLAIMS: [&str; 7] = ["sub", "scope", "exp", "iat", "iss", "aud", "client_id"];
+/// An active answer carries every claim of the token, as Keycloak's does (RFC 7662 §2.2 allows
+/// any), so that claim rules such as a linked identity hold in introspection mode as in the
+/// others. These come first, in this order; the rest follow by name.
+const FIRST_CLAIMS: [&str; 7] = ["sub", "scope", "exp", "iat", "iss", "aud", "client_id"];
 
 /// The introspection endpoint's configuration: who may call it and which key signs tokens.
 pub struct Introspector {
@@ -36,8 +38,9 @@ pub struct Introspector {
 /// The answer to a well-formed, authenticated introspection request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// The copied claims, in the order of [`COPIED_CLAIMS`].
-    Active(Vec<(&'static str, Value)>),
+    /// The token's claims but `null` ones (and `active`, which is the answer's own), in the order
+    /// of [`FIRST_CLAIMS`] and then by name.
+    Active(Vec<(String, Value)>),
     Inactive,
 }
 
@@ -51,7 +54,7 @@ impl Decision {
         // Built by hand to keep `active` first and the claims in a stable order.
         let mut out = String::from(r#"{"active":true"#);
         for (name, value) in claims {
-            out.push_str(&format!(r#","{name}":{value}"#));
+            out.push_str(&format!(r#",{}:{value}"#, Value::String(name.clone())));
         }
         out.push('}');
         out
@@ -114,18 +117,15 @@ impl Introspector {
     pub fn decide(&self, token: &str, now: u64) -> Decision {
         self.verified_claims(token)
             .filter(|claims| is_current(claims, now))
-            .map_or(Decision::Inactive, |claims| {
-                Decision::Active(
-                    COPIED_CLAIMS
-                        .iter()
-                        .filter_map(|name| {
-                            claims
-                                .get(*name)
-                                .filter(|v| !v.is_null())
-                                .map(|v| (*name, v.clone()))
-                        })
-                        .collect(),
-                )
+            .map_or(Decision::Inactive, |mut claims| {
+                claims.remove("active");
+                claims.retain(|_, v| !v.is_null());
+                let mut copied: Vec<(String, Value)> = FIRST_CLAIMS
+                    .iter()
+                    .filter_map(|name| claims.remove(*name).map(|v| (name.to_string(), v)))
+                    .collect();
+                copied.extend(claims);
+                Decision::Active(copied)
             })
     }
 
@@ -379,7 +379,7 @@ pub(crate) mod tests {
         let i = introspector("s");
         let claims = json!({"iss":"https://id.demo.invalid/realms/pace","aud":["a","b"],
             "sub":"demo-user","scope":"openid user:otp:create","iat":NOW - 10,"exp":NOW + 60,
-            "client_id":"web","email":"not-copied@example.invalid"});
+            "client_id":"web","email":"copied@example.invalid","active":false,"linked":false});
         let d = i.decide(&sign("rs256-DEV-ONLY.pem", &rs256_header(), &claims), NOW);
         assert_eq!(d.sub(), Some("demo-user"));
         let body: Value = serde_json::from_str(&d.to_json()).unwrap();
@@ -387,7 +387,8 @@ pub(crate) mod tests {
             body,
             json!({"active":true,"sub":"demo-user","scope":"openid user:otp:create",
                    "exp":NOW + 60,"iat":NOW - 10,"iss":"https://id.demo.invalid/realms/pace",
-                   "aud":["a","b"],"client_id":"web"})
+                   "aud":["a","b"],"client_id":"web","email":"copied@example.invalid",
+                   "linked":false})
         );
         assert!(d
             .to_json()

@@ -339,6 +339,81 @@ impl Envoy {
     }
 }
 
+/// The TEST-ONLY crash build (`make build-crash-test`): the release logic plus the switches of
+/// `x-otp-filter-crash` (see the adapter). Never deployed.
+pub fn crash_wasm() -> PathBuf {
+    let path = root().join("target/wasm32-wasip1/crash-test/otp_filter.wasm");
+    assert!(
+        path.exists(),
+        "{} is missing: run `make build-crash-test` (part of `make test`)",
+        path.display()
+    );
+    path
+}
+
+/// `config` (any shipped Envoy YAML) with the crash build in place of the release `.wasm`.
+pub fn with_crash_wasm(config: String) -> String {
+    let release = format!("filename: {}", wasm().display());
+    assert!(
+        config.contains(&release),
+        "the config loads the release .wasm"
+    );
+    config.replace(&release, &format!("filename: {}", crash_wasm().display()))
+}
+
+/// `config` (any shipped Envoy YAML) with the demo's gated paths (PIN change, user deletion,
+/// payments) routed to a real upstream on `upstream_port` (an `Echo`, which reads every body)
+/// instead of the stand-in `direct_response`s, which answer without reading the body.
+pub fn with_gated_upstream(config: String, upstream_port: u16) -> String {
+    let routes = r#"              - match: { path: "/user/2021-2/user/pin" }
+                route: { cluster: echo }
+              - match: { path: "/user/2021-2/user" }
+                route: { cluster: echo }
+              - match: { prefix: "/pay/" }
+                route: { cluster: echo }
+"#;
+    let cluster = format!(
+        r#"
+  - name: echo
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: echo
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
+"#
+    );
+    let anchor = "              # PACE's user API.";
+    assert!(config.contains(anchor), "the config has the user API route");
+    config.replacen(anchor, &format!("{routes}{anchor}"), 1) + &cluster
+}
+
+/// The three ways the filter can check a token, each with its shipped config: it verifies the JWS
+/// itself, trusts Envoy's `jwt_authn`, or asks an RFC 7662 introspection endpoint (the reference
+/// credential service serves the JWKS and the endpoint).
+pub const TOKEN_MODES: [&str; 3] = [
+    "envoy.yaml",
+    "envoy-jwt-authn.yaml",
+    "envoy-introspection.yaml",
+];
+
+/// Envoy on the shipped config `file` in front of `service` (also its JWKS or introspection
+/// endpoint), ready to mint: a demo token gets a 201 (jwt_authn fetches its keys on first use).
+pub fn mode_envoy(
+    file: &str,
+    service: &CredentialService,
+    edit: impl FnOnce(String) -> String,
+) -> Envoy {
+    let envoy = Envoy::start(&config_file(file, service.port, service.port, edit));
+    wait_for(&format!("{file} to mint"), || {
+        create_otp(envoy.port, &token(), r#"{"pin":"8299"}"#).status == 201
+    });
+    envoy
+}
+
 /// Envoy with the shipped config in front of a fresh credential service.
 pub struct Stack {
     pub envoy: Envoy,
@@ -659,27 +734,37 @@ impl Stub {
     }
 }
 
-/// An upstream that answers every request with 200 and the request's own bytes as the body, so a
-/// test can see exactly what Envoy forwarded.
+/// An upstream that reads every request whole (head and `content-length` body, on keep-alive
+/// connections) and answers 200 with the request's own bytes as the body, so a test can see
+/// exactly what Envoy forwarded, and how many requests arrived.
 pub struct Echo {
     pub port: u16,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Echo {
     pub fn start() -> Echo {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
         let port = listener.local_addr().expect("addr").port();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
         thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                thread::spawn(move || echo_connection(conn));
+                let counter = counter.clone();
+                thread::spawn(move || echo_connection(conn, &counter));
             }
         });
-        Echo { port }
+        Echo { port, seen }
+    }
+
+    /// Requests read whole so far.
+    pub fn requests(&self) -> usize {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-fn echo_connection(mut conn: TcpStream) {
+fn echo_connection(mut conn: TcpStream, seen: &std::sync::atomic::AtomicUsize) {
     let _ = conn.set_nodelay(true);
     let Ok(read_half) = conn.try_clone() else {
         return;
@@ -706,6 +791,7 @@ fn echo_connection(mut conn: TcpStream) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut echoed = head.into_bytes();
         echoed.extend_from_slice(&body);
         let mut out = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-echo: yes\r\ncontent-length: {}\r\n\r\n", echoed.len()).into_bytes();
