@@ -13,7 +13,7 @@ TOKEN_BIN     := target/release/demo-token
 # DEV ONLY: the callout secret the demo Envoy config sends (envoy/envoy.yaml).
 DEMO_CALLOUT_AUTH := Bearer dev-only-credential-secret
 
-.PHONY: all build wasm-target run token test validate lint clean build-crash-test bench-native bench-envoy fuzz fuzz-smoke fuzz-tools bench soak
+.PHONY: all build wasm-target run token test validate lint layout clean build-crash-test bench-native bench-envoy fuzz fuzz-smoke fuzz-tools bench soak
 
 all: build
 
@@ -58,7 +58,12 @@ validate: build $(ENVOY_STAMP)
 	  echo "valid: $$f"; \
 	done
 
-lint: wasm-target
+# Each folder of src/ with its files and line counts, the units' dependency order, and the checks
+# that no two folders import each other and no file passes 500 lines before its tests.
+layout:
+	@python3 tools/layout.py
+
+lint: wasm-target layout
 	cargo fmt --all -- --check
 	cd fuzz && cargo fmt -- --check
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -16,8 +16,10 @@ use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use otp_filter::claims_cache::ClaimsCache;
-use otp_filter::{body, config, jsonapi, negotiation, otp, token};
+use otp_filter::reply::jsonapi;
+use otp_filter::request::{body, negotiation};
+use otp_filter::token::cache::ClaimsCache;
+use otp_filter::{config, otp, token};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -173,7 +175,7 @@ fn main() {
         "render JSON:API error",
         measure(|| {
             black_box(jsonapi::error_reply(
-                black_box(otp_filter::failure::Failure::InvalidCredentials),
+                black_box(otp_filter::reply::failure::Failure::InvalidCredentials),
                 "9m4e2mr0ui3e8a215n4g",
             ));
         }),

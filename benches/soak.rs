@@ -67,7 +67,7 @@ use common::{
     admin_memory, clock_ticks, head_end, mint_all, pid_with_arg, process_jiffies, replace_once,
     rss_kb,
 };
-use otp_filter::metrics::sanitize;
+use otp_filter::stats::sanitize;
 use serde_json::{json, Value};
 use support::*;
 

@@ -1,35 +1,28 @@
 //! otp-filter: PACE's "Create OTP" endpoint served inside Envoy as a proxy-wasm filter.
 //!
-//! Everything except `adapter` is plain Rust with no host calls, tested natively with `cargo test`.
-//! `adapter` (wasm32 only) maps proxy-wasm callbacks onto `flow::Exchange` and performs its steps.
+//! Every folder but `wasm` is plain Rust with no host calls, tested natively with `cargo test`;
+//! `wasm` (wasm32 only) maps proxy-wasm callbacks onto `flow::Exchange` and performs its steps.
+//! Units depend on the ones before them only (docs/architecture.md):
+//! secret, timefmt → otp → reply → request → callout → token → state → config → stats → flow → wasm.
+//!
+//! The host-free folders are public: natively there is no entry point, and the unit tests, fuzz/
+//! and benches/ drive them directly (a private module would read as dead code there). Only the
+//! wasm entry is private.
 
-pub mod body;
-pub mod claims_cache;
+pub mod callout;
 pub mod config;
-pub mod credential;
-pub mod failure;
 pub mod flow;
-pub mod header_map;
-pub mod introspection;
-pub mod jsonapi;
-pub mod jwk;
-pub mod jwks;
-pub mod jwt_authn_metadata;
-pub mod metrics;
-pub mod negotiation;
 pub mod otp;
-pub mod request_id;
+pub mod reply;
+pub mod request;
 pub mod secret;
-pub mod shared_store;
-pub mod single_use;
-pub mod throttle;
+pub mod state;
+pub mod stats;
 pub mod timefmt;
 pub mod token;
 
 #[cfg(target_arch = "wasm32")]
-mod adapter;
-#[cfg(target_arch = "wasm32")]
-mod host;
+mod wasm;
 
 #[cfg(test)]
 mod testkit;

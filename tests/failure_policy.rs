@@ -150,7 +150,7 @@ impl Crashable {
             .lines()
             .filter(|l| {
                 l.contains("[critical][wasm]")
-                    && l.contains("otp-filter panicked: panicked at src/adapter.rs:")
+                    && l.contains("otp-filter panicked: panicked at src/wasm/http.rs:")
             })
             .count();
         let trap = log

@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use otp_filter::claims_cache::ClaimsCache;
 use otp_filter::config::{self, Config};
 use otp_filter::flow::{self, Ctx, Exchange, RequestHead, Step, TokenState};
-use otp_filter::jwks::RemoteJwks;
-use otp_filter::request_id::{self, XidGenerator};
-use otp_filter::shared_store::{SharedStore, StoreError};
-use otp_filter::{single_use, throttle};
+use otp_filter::request::request_id::{self, XidGenerator};
+use otp_filter::state::store::{SharedStore, StoreError};
+use otp_filter::state::{single_use, throttle};
+use otp_filter::token::cache::ClaimsCache;
+use otp_filter::token::jwks::RemoteJwks;
 
 use super::{content_length, head_end, header};
 

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use otp_filter::jwks::{RemoteJwks, RemoteJwksSettings};
+use otp_filter::callout::UpstreamSettings;
+use otp_filter::token::jwks::{RemoteJwks, RemoteJwksSettings};
 
 fuzz_target!(|data: &[u8]| {
     let (status, body) = match data.split_first() {
@@ -13,13 +14,15 @@ fuzz_target!(|data: &[u8]| {
         Some((b, rest)) => (Some(u16::from(*b) + 300), rest),
         None => (Some(200), data),
     };
-    let _ = otp_filter::credential::read_answer(status, body);
-    let _ = otp_filter::introspection::read_answer(status, body);
+    let _ = otp_filter::callout::credential::read_answer(status, body);
+    let _ = otp_filter::token::introspection::read_answer(status, body);
     let mut remote = RemoteJwks::new(RemoteJwksSettings {
-        cluster: "c".into(),
-        authority: "a".into(),
-        path: "/jwks".into(),
-        timeout: Duration::from_secs(1),
+        upstream: UpstreamSettings {
+            cluster: "c".into(),
+            authority: "a".into(),
+            path: "/jwks".into(),
+            timeout: Duration::from_secs(1),
+        },
         refresh: Duration::from_secs(300),
         min_refetch: Duration::from_secs(30),
     });

@@ -3,6 +3,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = otp_filter::body::parse(data);
-    let _ = otp_filter::body::parse_verify(data);
+    let _ = otp_filter::request::body::parse(data);
+    let _ = otp_filter::request::body::parse_verify(data);
 });

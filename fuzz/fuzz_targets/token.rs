@@ -5,8 +5,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use otp_filter::claims_cache::ClaimsCache;
 use otp_filter::config::{self, Config};
+use otp_filter::token::cache::ClaimsCache;
 
 fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::failure::Failure;
+use crate::reply::failure::Failure;
 use crate::secret::Secret;
 
 pub struct Credentials {

@@ -4,25 +4,18 @@
 //! part into a tag (see `envoy/envoy.yaml`): `otp_filter.outcome.issued` becomes
 //! `otp_filter.outcome{otp_outcome="issued"}` in `/stats/prometheus`.
 
-use crate::failure::Failure;
+use crate::callout::credential::CallResult;
+use crate::reply::failure::Failure;
 
 pub const PREFIX: &str = "otp_filter";
 
 /// Successful outcomes; every failure outcome is its error `code`.
 pub const SUCCESSES: [&str; 3] = ["issued", "verified", "gate_passed"];
 
-/// What a credential callout came back with.
-pub const CREDENTIAL_RESULTS: [&str; 9] = [
-    "valid",
-    "invalid",
-    "unknown_user",
-    "missing_linked_identity",
-    "locked",
-    "unavailable",
-    "timeout",
-    "error",
-    "bad_answer",
-];
+/// What a credential callout came back with (`CallResult` names them).
+pub fn credential_results() -> impl Iterator<Item = &'static str> {
+    CallResult::ALL.into_iter().map(CallResult::name)
+}
 
 /// Stat names may not carry the `:` of `otp:invalid`; tags and Prometheus want `[a-z0-9_]`.
 pub fn sanitize(part: &str) -> String {
@@ -47,7 +40,9 @@ pub fn credential(result: &str) -> String {
 
 /// Every outcome counter, defined at start so each shows (as 0) before it first happens.
 pub fn all_outcomes() -> impl Iterator<Item = &'static str> {
-    SUCCESSES.into_iter().chain(Failure::ALL_CODES)
+    SUCCESSES
+        .into_iter()
+        .chain(Failure::ALL_CODES.iter().copied())
 }
 
 pub const JWKS_FETCH_OK: &str = "otp_filter.jwks.fetch_ok";

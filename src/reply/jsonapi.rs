@@ -2,8 +2,8 @@
 
 use serde_json::json;
 
-use crate::failure::Failure;
 use crate::otp::Minted;
+use crate::reply::failure::Failure;
 
 /// A complete local reply, ready for `send_http_response`.
 #[derive(Debug, PartialEq, Eq)]

@@ -16,9 +16,10 @@
 
 use std::fmt;
 
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
-use crate::shared_store::{self, bucket_index, SharedStore, StoreError, Update};
+use crate::state::store::{self as shared_store, SharedStore, StoreError, Update};
+use crate::state::table::{digest16, Table};
 
 /// 16-byte id and 8-byte big-endian expiry (ms since the epoch).
 const RECORD_LEN: usize = 24;
@@ -35,14 +36,12 @@ pub struct LedgerSettings {
 }
 
 impl LedgerSettings {
-    fn bucket_count(&self) -> usize {
-        self.buckets.max(1)
-    }
-
-    fn per_bucket(&self) -> usize {
-        self.max_entries.div_ceil(self.bucket_count()).max(1)
+    fn table(&self) -> Table {
+        Table::new(PREFIX, RECORD_LEN, self.buckets, self.max_entries)
     }
 }
+
+const PREFIX: &str = "otp-filter/used";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Consumed {
@@ -64,10 +63,6 @@ pub struct Swept {
 /// The id a fence record carries. Real ids are SHA-256 prefixes, so none is all ones but with
 /// probability 2^-128.
 const FENCE: [u8; 16] = [0xff; 16];
-
-fn is_corrupt(value: Option<&[u8]>) -> bool {
-    value.is_some_and(|v| v.len() % RECORD_LEN != 0)
-}
 
 fn fence(settings: &LedgerSettings, now_ms: u64) -> Vec<u8> {
     let mut value = Vec::with_capacity(RECORD_LEN);
@@ -98,30 +93,22 @@ impl fmt::Display for LedgerError {
 /// The identity of one code: the first 16 bytes of SHA-256 over the key id, user and counter,
 /// each length-prefixed so that ("ab", "c") and ("a", "bc") differ.
 pub fn code_id(key_id: &str, user: &str, counter: u64) -> [u8; 16] {
-    let mut hasher = Sha256::new();
-    for part in [key_id.as_bytes(), user.as_bytes()] {
-        hasher.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
-        hasher.update(part);
-    }
-    hasher.update(counter.to_be_bytes());
-    let digest = hasher.finalize();
-    let mut id = [0u8; 16];
-    for (out, byte) in id.iter_mut().zip(digest.iter()) {
-        *out = *byte;
-    }
-    id
+    digest16(|hasher| {
+        for part in [key_id.as_bytes(), user.as_bytes()] {
+            hasher.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
+            hasher.update(part);
+        }
+        hasher.update(counter.to_be_bytes());
+    })
 }
 
 pub fn bucket_key(index: usize) -> String {
-    format!("otp-filter/used/{index}")
+    format!("{PREFIX}/{index}")
 }
 
 /// Creates every bucket, empty, unless it exists. Called at VM start.
 pub fn initialize(store: &dyn SharedStore, settings: &LedgerSettings) -> Result<(), StoreError> {
-    for index in 0..settings.bucket_count() {
-        shared_store::ensure(store, &bucket_key(index), &[])?;
-    }
-    Ok(())
+    settings.table().initialize(store)
 }
 
 /// Marks `id` used until `expires_at_ms` (the end of the code's acceptance window). Expired records
@@ -136,13 +123,13 @@ pub fn consume(
     expires_at_ms: u64,
     now_ms: u64,
 ) -> Result<Consumed, LedgerError> {
-    let key = bucket_key(bucket_index(&id, settings.bucket_count()));
-    let capacity = settings.per_bucket();
-    let answer = shared_store::update(store, &key, |current| {
-        if is_corrupt(current) {
+    let table = settings.table();
+    let capacity = table.capacity();
+    let answer = shared_store::update(store, &table.key_of(&id), |current| {
+        if table.is_corrupt(current) {
             return Update::Write(fence(settings, now_ms), Ok(Consumed::FencedCorrupt));
         }
-        let records = records(current);
+        let records = records(table.valid(current));
         let mut live = 0usize;
         for (other, expiry) in records.clone() {
             if expiry <= now_ms {
@@ -178,51 +165,39 @@ pub fn sweep(
     settings: &LedgerSettings,
     now_ms: u64,
 ) -> Result<Swept, StoreError> {
-    let mut swept = Swept::default();
-    for index in 0..settings.bucket_count() {
-        let (kept, fenced) = shared_store::update(store, &bucket_key(index), |current| {
-            let Some(value) = current else {
-                return Update::Keep((0, false)); // never create keys here
-            };
-            if is_corrupt(current) {
-                return Update::Write(fence(settings, now_ms), (1, true));
-            }
-            let mut kept = Vec::with_capacity(value.len());
-            for (id, expiry) in records(current).filter(|(_, expiry)| *expiry > now_ms) {
-                push(&mut kept, &id, expiry);
-            }
-            let live = kept.len() / RECORD_LEN;
-            // Same length: nothing expired.
-            if kept.len() == value.len() {
-                Update::Keep((live, false))
-            } else {
-                Update::Write(kept, (live, false))
-            }
-        })?;
-        swept.records = swept.records.saturating_add(kept);
-        swept.fenced = swept.fenced.saturating_add(usize::from(fenced));
-    }
-    Ok(swept)
+    let table = settings.table();
+    let buckets = table.update_each(store, |current| {
+        let Some(value) = current else {
+            return Update::Keep((0, false)); // never create keys here
+        };
+        if table.is_corrupt(current) {
+            return Update::Write(fence(settings, now_ms), (1, true));
+        }
+        let mut kept = Vec::with_capacity(value.len());
+        for (id, expiry) in records(value).filter(|(_, expiry)| *expiry > now_ms) {
+            push(&mut kept, &id, expiry);
+        }
+        let live = kept.len() / RECORD_LEN;
+        // Same length: nothing expired.
+        if kept.len() == value.len() {
+            Update::Keep((live, false))
+        } else {
+            Update::Write(kept, (live, false))
+        }
+    })?;
+    Ok(Swept {
+        records: buckets.iter().map(|(kept, _)| kept).sum(),
+        fenced: buckets.iter().filter(|(_, fenced)| *fenced).count(),
+    })
 }
 
 /// Records currently stored, expired or not (for a gauge).
 pub fn count(store: &dyn SharedStore, settings: &LedgerSettings) -> Result<usize, StoreError> {
-    let mut total = 0usize;
-    for index in 0..settings.bucket_count() {
-        let n = shared_store::update(store, &bucket_key(index), |current| {
-            Update::Keep(records(current).count())
-        })?;
-        total = total.saturating_add(n);
-    }
-    Ok(total)
+    settings.table().count(store)
 }
 
-/// The records of a bucket value; a corrupt value (see the module docs) reads as empty here, and
-/// `consume` and `sweep` fence it before anything else.
-fn records(value: Option<&[u8]>) -> impl Iterator<Item = ([u8; 16], u64)> + Clone + '_ {
-    let value = value
-        .filter(|v| v.len() % RECORD_LEN == 0)
-        .unwrap_or_default();
+/// The records of a whole-record bucket value (`consume` and `sweep` fence a corrupt one first).
+fn records(value: &[u8]) -> impl Iterator<Item = ([u8; 16], u64)> + Clone + '_ {
     value.chunks_exact(RECORD_LEN).filter_map(|record| {
         let (id, rest) = record.split_first_chunk::<16>()?;
         let expiry = rest.first_chunk::<8>()?;
@@ -238,7 +213,8 @@ fn push(value: &mut Vec<u8>, id: &[u8; 16], expires_at_ms: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared_store::MemoryStore;
+    use crate::state::store::MemoryStore;
+    use crate::state::table::bucket_index;
 
     const NOW: u64 = 1_800_000_000_000;
 

@@ -107,15 +107,6 @@ pub fn ensure(store: &dyn SharedStore, key: &str, empty: &[u8]) -> Result<bool, 
     }
 }
 
-/// The bucket for a hashed identity: its first 8 bytes modulo the bucket count (at least 1). The
-/// identities are SHA-256 output, so the buckets fill evenly.
-pub fn bucket_index(id: &[u8; 16], buckets: usize) -> usize {
-    let [a, b, c, d, e, f, g, h, ..] = *id;
-    let n = u64::from_be_bytes([a, b, c, d, e, f, g, h]);
-    let buckets = u64::try_from(buckets.max(1)).unwrap_or(u64::MAX);
-    usize::try_from(n.checked_rem(buckets).unwrap_or(0)).unwrap_or(0)
-}
-
 #[cfg(test)]
 pub use memory::MemoryStore;
 
@@ -322,16 +313,5 @@ mod tests {
             Some(vec![b'x', 1]),
             "kept as it was"
         );
-    }
-
-    #[test]
-    fn bucket_index_stays_in_range() {
-        let id = [0xff; 16];
-        assert_eq!(bucket_index(&id, 0), 0);
-        assert_eq!(bucket_index(&id, 1), 0);
-        assert!(bucket_index(&id, 7) < 7);
-        let mut id = [0; 16];
-        id[7] = 9;
-        assert_eq!(bucket_index(&id, 4), 1);
     }
 }

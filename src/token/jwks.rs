@@ -8,17 +8,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::jwk::KeySet;
+use crate::callout::UpstreamSettings;
+use crate::token::jwk::KeySet;
 
 /// A JWKS larger than this is refused unread (Keycloak realms publish a few KiB).
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct RemoteJwksSettings {
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout: Duration,
+    pub upstream: UpstreamSettings,
     /// How long a fetched set is used before it is fetched again.
     pub refresh: Duration,
     /// The least time between two fetches caused by unknown `kid`s: a client inventing key ids
@@ -76,7 +74,7 @@ impl RemoteJwks {
     pub fn due(&mut self, now_ms: u64) -> Option<Fetch> {
         if let Some(since) = self.in_flight_since_ms {
             // Envoy always answers a callout, but never wait forever on one that got lost.
-            let give_up = since + self.settings.timeout.as_millis() as u64 + 5_000;
+            let give_up = since + self.settings.upstream.timeout.as_millis() as u64 + 5_000;
             if now_ms < give_up {
                 return None;
             }
@@ -106,13 +104,12 @@ impl RemoteJwks {
         self.last_attempt_ms = Some(now_ms);
         self.refetch_wanted = false;
         Some(Fetch {
-            headers: vec![
-                (":method".into(), "GET".into()),
-                (":path".into(), self.settings.path.clone()),
-                (":authority".into(), self.settings.authority.clone()),
-                ("accept".into(), "application/json".into()),
-            ],
-            timeout: self.settings.timeout,
+            headers: {
+                let mut headers = self.settings.upstream.pseudo_headers("GET");
+                headers.push(("accept".into(), "application/json".into()));
+                headers
+            },
+            timeout: self.settings.upstream.timeout,
         })
     }
 
@@ -186,10 +183,12 @@ mod tests {
 
     fn remote() -> RemoteJwks {
         RemoteJwks::new(RemoteJwksSettings {
-            cluster: "jwks".into(),
-            authority: "idp".into(),
-            path: "/certs".into(),
-            timeout: Duration::from_millis(1000),
+            upstream: crate::callout::UpstreamSettings {
+                cluster: "jwks".into(),
+                authority: "idp".into(),
+                path: "/certs".into(),
+                timeout: Duration::from_millis(1000),
+            },
             refresh: Duration::from_secs(300),
             min_refetch: Duration::from_secs(30),
         })

@@ -5,24 +5,19 @@
 //! (clock skew at the IdP) is not locked out, and revocation is what introspection is for, so the
 //! cache window is kept short.
 
-use std::time::Duration;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use crate::credential::{Callout, Upstream};
-use crate::failure::Failure;
+use crate::callout::{self, Callout, Fault, Upstream, UpstreamSettings};
+use crate::reply::failure::Failure;
 use crate::secret::Secret;
 
 /// Introspection answers larger than this are refused unread.
 pub const MAX_ANSWER_BYTES: usize = 16 * 1024;
 
 pub struct IntrospectionSettings {
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout: Duration,
+    pub upstream: UpstreamSettings,
     pub client_id: String,
     pub client_secret: Secret,
     pub cache_seconds: u64,
@@ -51,10 +46,8 @@ pub fn callout(settings: &IntrospectionSettings, token: &str, request_id: &str) 
         form_encode(&settings.client_id),
         form_encode(settings.client_secret.expose_str())
     );
-    let headers = vec![
-        (":method".to_string(), "POST".to_string()),
-        (":path".to_string(), settings.path.clone()),
-        (":authority".to_string(), settings.authority.clone()),
+    let mut headers = settings.upstream.pseudo_headers("POST");
+    headers.extend([
         (
             "content-type".to_string(),
             "application/x-www-form-urlencoded".to_string(),
@@ -65,7 +58,7 @@ pub fn callout(settings: &IntrospectionSettings, token: &str, request_id: &str) 
             format!("Basic {}", STANDARD.encode(credentials)),
         ),
         ("request-id".to_string(), request_id.to_string()),
-    ];
+    ]);
     Callout {
         upstream: Upstream::Introspection,
         headers,
@@ -83,16 +76,17 @@ pub enum Answer {
     Inactive,
 }
 
+fn failure(fault: Fault) -> Failure {
+    match fault {
+        Fault::Unavailable => Failure::IntrospectionUnavailable,
+        Fault::Timeout => Failure::IntrospectionTimeout,
+        Fault::Error => Failure::IntrospectionError,
+        Fault::BadAnswer => Failure::IntrospectionBadAnswer,
+    }
+}
+
 pub fn read_answer(status: Option<u16>, body: &[u8]) -> Result<Answer, Failure> {
-    match status {
-        Some(200) => {}
-        None | Some(503) => return Err(Failure::IntrospectionUnavailable),
-        Some(504) => return Err(Failure::IntrospectionTimeout),
-        Some(_) => return Err(Failure::IntrospectionError),
-    }
-    if body.len() > MAX_ANSWER_BYTES {
-        return Err(Failure::IntrospectionBadAnswer);
-    }
+    let body = callout::accept(status, body, MAX_ANSWER_BYTES).map_err(failure)?;
     match serde_json::from_slice(body) {
         Ok(Value::Object(answer)) => match answer.get("active") {
             Some(Value::Bool(true)) => Ok(Answer::Active(answer)),
@@ -107,14 +101,17 @@ pub fn read_answer(status: Option<u16>, body: &[u8]) -> Result<Answer, Failure> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn builds_an_rfc7662_request() {
         let settings = IntrospectionSettings {
-            cluster: "idp".into(),
-            authority: "idp".into(),
-            path: "/introspect".into(),
-            timeout: Duration::from_secs(1),
+            upstream: UpstreamSettings {
+                cluster: "idp".into(),
+                authority: "idp".into(),
+                path: "/introspect".into(),
+                timeout: Duration::from_secs(1),
+            },
             client_id: "otp filter".into(),
             client_secret: Secret::new("s3cr:t".into()),
             cache_seconds: 60,

@@ -22,9 +22,10 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
-use crate::shared_store::{self, bucket_index, SharedStore, StoreError, Update};
+use crate::state::store::{self as shared_store, SharedStore, StoreError, Update};
+use crate::state::table::{digest16, Table};
 
 /// User hash (16), failures (4), lock count (4), locked until (8), last attempt (8); big-endian,
 /// times in ms since the epoch.
@@ -46,13 +47,11 @@ pub struct ThrottleSettings {
     pub max_users: usize,
 }
 
-impl ThrottleSettings {
-    fn bucket_count(&self) -> usize {
-        self.buckets.max(1)
-    }
+const PREFIX: &str = "otp-filter/throttle";
 
-    fn per_bucket(&self) -> usize {
-        self.max_users.div_ceil(self.bucket_count()).max(1)
+impl ThrottleSettings {
+    fn table(&self) -> Table {
+        Table::new(PREFIX, RECORD_LEN, self.buckets, self.max_users)
     }
 
     /// `base_lock * 2^lock_count`, capped at `max_lock`.
@@ -73,27 +72,19 @@ pub enum Reservation {
 }
 
 pub fn bucket_key(index: usize) -> String {
-    format!("otp-filter/throttle/{index}")
+    format!("{PREFIX}/{index}")
 }
 
 /// Creates every bucket, empty, unless it exists. Called at VM start.
 pub fn initialize(store: &dyn SharedStore, settings: &ThrottleSettings) -> Result<(), StoreError> {
-    for index in 0..settings.bucket_count() {
-        shared_store::ensure(store, &bucket_key(index), &[])?;
-    }
-    Ok(())
+    settings.table().initialize(store)
 }
 
 /// The stored identity of a user: the first 16 bytes of SHA-256 of the user id, which must be the
 /// one identity the credential check uses (spellings that reach the same account must not get
 /// separate budgets).
 pub fn user_id_hash(user: &str) -> [u8; 16] {
-    let digest = Sha256::digest(user.as_bytes());
-    let mut hash = [0u8; 16];
-    for (out, byte) in hash.iter_mut().zip(digest.iter()) {
-        *out = *byte;
-    }
-    hash
+    digest16(|hasher| hasher.update(user.as_bytes()))
 }
 
 /// Reserves one attempt for `user`. A locked user gets `Locked` and nothing is written. Otherwise
@@ -107,10 +98,10 @@ pub fn reserve(
     now_ms: u64,
 ) -> Result<Reservation, StoreError> {
     let hash = user_id_hash(user);
-    let key = bucket_key(bucket_index(&hash, settings.bucket_count()));
+    let table = settings.table();
     let forget_ms = millis(settings.forget_after);
-    shared_store::update(store, &key, |current| {
-        let value = valid(current);
+    shared_store::update(store, &table.key_of(&hash), |current| {
+        let value = table.valid(current);
         // Compare raw prefixes: only the user's own record is decoded.
         let index = position(value, &hash);
         let found = index.and_then(|i| value.chunks_exact(RECORD_LEN).nth(i));
@@ -138,7 +129,7 @@ pub fn reserve(
         };
         let value = match index {
             Some(i) => replace(value, i, &record),
-            None => insert(value, record, settings.per_bucket(), now_ms, forget_ms),
+            None => insert(value, record, table.capacity(), now_ms, forget_ms),
         };
         Update::Write(value, answer)
     })
@@ -154,12 +145,12 @@ pub fn succeed(
     _now_ms: u64,
 ) -> Result<(), StoreError> {
     let hash = user_id_hash(user);
-    let key = bucket_key(bucket_index(&hash, settings.bucket_count()));
-    shared_store::update(store, &key, |current| {
+    let table = settings.table();
+    shared_store::update(store, &table.key_of(&hash), |current| {
         let Some(raw) = current else {
             return Update::Keep(()); // never create keys here
         };
-        let value = valid(current);
+        let value = table.valid(current);
         match position(value, &hash) {
             Some(index) => Update::Write(without(value, index), ()),
             // The common case: nothing tracked, nothing written.
@@ -171,14 +162,7 @@ pub fn succeed(
 
 /// Users currently tracked (for a gauge).
 pub fn count(store: &dyn SharedStore, settings: &ThrottleSettings) -> Result<usize, StoreError> {
-    let mut total = 0usize;
-    for index in 0..settings.bucket_count() {
-        let n = shared_store::update(store, &bucket_key(index), |current| {
-            Update::Keep(valid(current).len() / RECORD_LEN)
-        })?;
-        total = total.saturating_add(n);
-    }
-    Ok(total)
+    settings.table().count(store)
 }
 
 /// Drops forgettable records (not locked, last attempt at least `forget_after` ago) in every
@@ -189,29 +173,26 @@ pub fn sweep(
     now_ms: u64,
 ) -> Result<usize, StoreError> {
     let forget_ms = millis(settings.forget_after);
-    let mut left = 0usize;
-    for index in 0..settings.bucket_count() {
-        let n = shared_store::update(store, &bucket_key(index), |current| {
-            let Some(raw) = current else {
-                return Update::Keep(0); // never create keys here
-            };
-            let mut kept = Vec::with_capacity(raw.len());
-            for chunk in valid(current).chunks_exact(RECORD_LEN) {
-                let forget = Record::decode(chunk).is_none_or(|r| r.forgettable(now_ms, forget_ms));
-                if !forget {
-                    kept.extend_from_slice(chunk);
-                }
+    let table = settings.table();
+    let users = table.update_each(store, |current| {
+        let Some(raw) = current else {
+            return Update::Keep(0); // never create keys here
+        };
+        let mut kept = Vec::with_capacity(raw.len());
+        for chunk in table.valid(current).chunks_exact(RECORD_LEN) {
+            let forget = Record::decode(chunk).is_none_or(|r| r.forgettable(now_ms, forget_ms));
+            if !forget {
+                kept.extend_from_slice(chunk);
             }
-            let users = kept.len() / RECORD_LEN;
-            if kept.len() == raw.len() {
-                Update::Keep(users)
-            } else {
-                Update::Write(kept, users)
-            }
-        })?;
-        left = left.saturating_add(n);
-    }
-    Ok(left)
+        }
+        let users = kept.len() / RECORD_LEN;
+        if kept.len() == raw.len() {
+            Update::Keep(users)
+        } else {
+            Update::Write(kept, users)
+        }
+    })?;
+    Ok(users.into_iter().sum())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,12 +250,6 @@ impl Record {
 /// A bucket value, or empty if its length is not a whole number of records. Such a value can only
 /// come from a bug or a foreign writer; the next write replaces it. Failing closed instead would
 /// refuse every user in the bucket for as long as shared data lives (it outlives VM reloads).
-fn valid(value: Option<&[u8]>) -> &[u8] {
-    value
-        .filter(|v| v.len() % RECORD_LEN == 0)
-        .unwrap_or_default()
-}
-
 /// The index of `user`'s record in a bucket value. The hot path of `reserve`, written as a plain
 /// loop so that it stays cheap even in unoptimised test builds.
 fn position(value: &[u8], user: &[u8; 16]) -> Option<usize> {
@@ -356,7 +331,8 @@ fn seconds(ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared_store::MemoryStore;
+    use crate::state::store::MemoryStore;
+    use crate::state::table::bucket_index;
 
     const NOW: u64 = 1_800_000_000_000;
     const GRANTED: Reservation = Reservation::Granted;

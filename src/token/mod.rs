@@ -1,15 +1,23 @@
 //! Bearer token checks: extraction (RFC 6750), JWS signature (RS256, ES256, HS256) and claims.
 //! Everything a token can get wrong is a 401 with its own code; a missing scope is a 403.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use serde_json::{Map, Value};
+mod bearer;
+pub mod cache;
+mod claims;
+pub mod introspection;
+pub mod jwk;
+pub mod jwks;
+mod jws;
+pub mod jwt_authn;
 
-use crate::claims_cache::{token_hash, ClaimsCache};
-use crate::failure::Failure;
-use crate::introspection::IntrospectionSettings;
-use crate::jwk::{Algorithm, Key, KeySet};
-use crate::jwks::{RemoteJwks, RemoteJwksSettings};
+pub use bearer::bearer_token;
+pub use claims::{check_claims, check_verified_claims, LinkedIdentityRule};
+pub use jws::{verify, verify_signature};
+
+use crate::reply::failure::Failure;
+use crate::token::introspection::IntrospectionSettings;
+use crate::token::jwk::KeySet;
+use crate::token::jwks::RemoteJwksSettings;
 
 /// Tokens above this size are refused before any decoding (Keycloak tokens are 1–3 KiB).
 pub const MAX_TOKEN_BYTES: usize = 8192;
@@ -43,48 +51,6 @@ pub enum TokenSource {
     Introspection(IntrospectionSettings),
 }
 
-/// A claim that says the user has a linked identity. Without `equals`, the claim must be present
-/// and not `null`, `false`, `0`, `""`, `[]` or `{}`. With `equals`, it must equal that JSON value;
-/// numbers compare by value (`1` equals `1.0`), since a token verified by Envoy's `jwt_authn`
-/// arrives with every number as a double.
-pub struct LinkedIdentityRule {
-    pub claim: String,
-    pub equals: Option<Value>,
-}
-
-impl LinkedIdentityRule {
-    fn holds(&self, claims: &Map<String, Value>) -> bool {
-        match (claims.get(&self.claim), &self.equals) {
-            (None, _) => false,
-            (Some(value), Some(expected)) => json_equal(value, expected),
-            (Some(value), None) => match value {
-                Value::Null | Value::Bool(false) => false,
-                Value::Number(n) => n.as_f64() != Some(0.0),
-                Value::String(s) => !s.is_empty(),
-                Value::Array(a) => !a.is_empty(),
-                Value::Object(o) => !o.is_empty(),
-                Value::Bool(true) => true,
-            },
-        }
-    }
-}
-
-/// JSON equality with numbers compared by value.
-fn json_equal(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_equal(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, x)| y.get(k).is_some_and(|y| json_equal(x, y)))
-        }
-        _ => a == b,
-    }
-}
-
 /// What the rest of the flow needs from a verified token.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
@@ -103,275 +69,13 @@ impl Verified {
         }
     }
 }
-
-/// RFC 6750 §2.1: `Bearer` (scheme case-insensitive, RFC 9110 §11.1) then one or more spaces then a
-/// b64token. Anything else, including a second `Bearer`, is malformed.
-/// RFC 6750 token68 characters (before trailing `=`). A `match` LLVM turns into range checks; a
-/// per-byte search of a list over every byte of every token showed up in profiles.
-fn is_token68(b: u8) -> bool {
-    matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-}
-
-pub fn bearer_token(authorization: Option<&str>) -> Result<&str, Failure> {
-    let value = authorization.ok_or(Failure::TokenMissing)?.trim();
-    if value.is_empty() {
-        return Err(Failure::TokenMissing);
-    }
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Failure::TokenMissing);
-    }
-    let token = rest.trim_start_matches(' ');
-    if token.is_empty() {
-        return Err(Failure::TokenMalformed(
-            "The Authorization header holds no token.",
-        ));
-    }
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(Failure::TokenMalformed("The token is too large."));
-    }
-    let body = token.trim_end_matches('=');
-    if !body.bytes().all(is_token68) {
-        return Err(Failure::TokenMalformed(
-            "The token has characters a bearer token cannot have.",
-        ));
-    }
-    Ok(token)
-}
-
-fn decode_json_object(part: &str, what: &'static str) -> Result<Map<String, Value>, Failure> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| Failure::TokenMalformed(what))?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(Failure::TokenMalformed(what)),
-    }
-}
-
-/// Finds the key for a token: configured keys first, then the fetched set.
-fn find_key<'a>(
-    keys: &'a KeySet,
-    remote: Option<&'a mut RemoteJwks>,
-    kid: Option<&str>,
-    algorithm: Algorithm,
-) -> Result<&'a Key, Failure> {
-    if let Some(key) = keys.find(kid, algorithm) {
-        return Ok(key);
-    }
-    let Some(remote) = remote else {
-        return Err(Failure::TokenKeyUnknown);
-    };
-    match remote.keys().map(|set| set.find(kid, algorithm).is_some()) {
-        // Fail closed until a first key set has been loaded.
-        None => return Err(Failure::JwksUnavailable),
-        Some(false) => {
-            remote.want_refetch();
-            return Err(Failure::TokenKeyUnknown);
-        }
-        Some(true) => {}
-    }
-    let remote: &'a RemoteJwks = remote;
-    remote
-        .keys()
-        .and_then(|set| set.find(kid, algorithm))
-        .ok_or(Failure::TokenKeyUnknown)
-}
-
-/// Checks the signature, then the claims (time, issuer, audience, user, linked identity, scope).
-/// With a cache, a token whose signature was already verified skips the signature check (the
-/// expensive part: ~1 ms for RS256 inside V8); its claims are checked every time.
-pub fn verify(
-    settings: &TokenSettings,
-    remote: Option<&mut RemoteJwks>,
-    cache: Option<&mut ClaimsCache>,
-    token: &str,
-    now_ms: u64,
-) -> Result<Verified, Failure> {
-    let now_secs = now_ms / 1000;
-    let Some(cache) = cache else {
-        let claims = verify_signature(&settings.keys, remote, token)?;
-        return check_claims(settings, &claims, now_secs);
-    };
-    let hash = token_hash(token);
-    if let Some(claims) = cache.get(&hash, now_ms) {
-        return check_claims(settings, &claims, now_secs);
-    }
-    let claims = verify_signature(&settings.keys, remote, token)?;
-    let verified = check_claims(settings, &claims, now_secs)?;
-    cache.insert(hash, claims, now_ms);
-    Ok(verified)
-}
-
-/// Verifies the JWS and returns its (now trusted) claims.
-pub fn verify_signature(
-    keys: &KeySet,
-    remote: Option<&mut RemoteJwks>,
-    token: &str,
-) -> Result<Map<String, Value>, Failure> {
-    let mut parts = token.split('.');
-    let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Failure::TokenMalformed(
-            "The token is not a signed JWT (three parts).",
-        ));
-    };
-
-    let header = decode_json_object(header_b64, "The token header is not base64url JSON.")?;
-    if header.contains_key("crit") {
-        return Err(Failure::TokenMalformed(
-            "The token uses critical header extensions.",
-        ));
-    }
-    let algorithm = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .and_then(Algorithm::parse)
-        .ok_or(Failure::TokenSignatureInvalid(
-            "The token's algorithm is not accepted.",
-        ))?;
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.as_str()),
-        Some(_) => return Err(Failure::TokenMalformed("The token's kid is not a string.")),
-    };
-    let key = find_key(keys, remote, kid, algorithm)?;
-    if key.algorithm != algorithm {
-        return Err(Failure::TokenSignatureInvalid(
-            "The token's algorithm does not match its key.",
-        ));
-    }
-
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature_b64)
-        .map_err(|_| Failure::TokenMalformed("The token signature is not base64url."))?;
-    let signed = token
-        .get(..header_b64.len() + 1 + claims_b64.len())
-        .ok_or(Failure::TokenMalformed(
-            "The token is not a signed JWT (three parts).",
-        ))?
-        .as_bytes();
-    if !key.verifies(signed, &signature) {
-        return Err(Failure::TokenSignatureInvalid(
-            "The token signature does not verify.",
-        ));
-    }
-    // Only now is the payload trusted enough to read.
-    decode_json_object(claims_b64, "The token payload is not base64url JSON.")
-}
-
-fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, Failure> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .filter(|n| n.is_finite())
-            .map(Some)
-            .ok_or(Failure::TokenClaimsInvalid("A time claim is not a number.")),
-    }
-}
-
-/// Checks verified claims, from whichever source verified them (JWS, jwt_authn, introspection).
-pub fn check_claims(
-    settings: &TokenSettings,
-    claims: &Map<String, Value>,
-    now_secs: u64,
-) -> Result<Verified, Failure> {
-    let now = now_secs as f64;
-    let leeway = settings.leeway_seconds as f64;
-    let exp = numeric_date(claims, "exp")?.ok_or(Failure::TokenClaimsInvalid(
-        "The token has no expiry (exp).",
-    ))?;
-    if now >= exp + leeway {
-        return Err(Failure::TokenExpired);
-    }
-    if let Some(nbf) = numeric_date(claims, "nbf")? {
-        if now + leeway < nbf {
-            return Err(Failure::TokenNotYetValid);
-        }
-    }
-    if let Some(iat) = numeric_date(claims, "iat")? {
-        if now + leeway < iat {
-            return Err(Failure::TokenNotYetValid);
-        }
-    }
-    if claims.get("iss").and_then(Value::as_str) != Some(settings.issuer.as_str()) {
-        return Err(Failure::TokenClaimsInvalid(
-            "The token was issued by another issuer.",
-        ));
-    }
-    let audience_ok = match claims.get("aud") {
-        Some(Value::String(aud)) => settings.audiences.iter().any(|a| a == aud),
-        Some(Value::Array(auds)) => auds
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|aud| settings.audiences.iter().any(|a| a == aud)),
-        _ => false,
-    } || claims
-        .get("azp")
-        .and_then(Value::as_str)
-        .is_some_and(|azp| settings.authorized_parties.iter().any(|p| p == azp));
-    if !audience_ok {
-        return Err(Failure::TokenClaimsInvalid(
-            "The token is meant for another audience.",
-        ));
-    }
-    check_verified_claims(settings, claims)
-}
-
-/// Claims already verified by Envoy's `jwt_authn` (signature, time, issuer, audience): only what the
-/// filter adds is checked here — user and linked identity. The scope depends on the route and is
-/// checked by the caller (`Verified::require_scope`), after every 401 check.
-pub fn check_verified_claims(
-    settings: &TokenSettings,
-    claims: &Map<String, Value>,
-) -> Result<Verified, Failure> {
-    let user_id = user_id(settings, claims)?;
-    if let Some(rule) = &settings.linked_identity {
-        if !rule.holds(claims) {
-            return Err(Failure::MissingLinkedIdentity);
-        }
-    }
-    Ok(Verified {
-        user_id,
-        scopes: scopes(claims),
-    })
-}
-
-fn user_id(settings: &TokenSettings, claims: &Map<String, Value>) -> Result<String, Failure> {
-    claims
-        .get(&settings.user_id_claim)
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control))
-        .map(str::to_string)
-        .ok_or(Failure::TokenClaimsInvalid(
-            "The token does not name a user.",
-        ))
-}
-
-/// OAuth `scope` is a space-separated string (RFC 8693 §4.2); some issuers send `scp` as an array.
-fn scopes(claims: &Map<String, Value>) -> Vec<String> {
-    let mut out = Vec::new();
-    for name in ["scope", "scp"] {
-        match claims.get(name) {
-            Some(Value::String(s)) => {
-                out.extend(s.split(' ').filter(|x| !x.is_empty()).map(str::to_string))
-            }
-            Some(Value::Array(items)) => {
-                out.extend(items.iter().filter_map(Value::as_str).map(str::to_string))
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testkit::{self, claims, merged, NOW};
-    use serde_json::json;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use serde_json::{json, Value};
 
     fn check(token: &str) -> Result<Verified, Failure> {
         verify(&testkit::config().token, None, None, token, NOW * 1000)
@@ -463,15 +167,17 @@ mod tests {
 
     #[test]
     fn remote_keys_are_used_and_unknown_kids_ask_for_a_refetch() {
-        use crate::jwks::{RemoteJwks, RemoteJwksSettings};
+        use crate::token::jwks::{RemoteJwks, RemoteJwksSettings};
         use std::time::Duration;
         let mut settings = testkit::config();
         settings.token.keys = KeySet::default();
         let mut remote = RemoteJwks::new(RemoteJwksSettings {
-            cluster: "c".into(),
-            authority: "a".into(),
-            path: "/jwks".into(),
-            timeout: Duration::from_secs(1),
+            upstream: crate::callout::UpstreamSettings {
+                cluster: "c".into(),
+                authority: "a".into(),
+                path: "/jwks".into(),
+                timeout: Duration::from_secs(1),
+            },
             refresh: Duration::from_secs(300),
             min_refetch: Duration::from_secs(30),
         });
@@ -506,7 +212,7 @@ mod tests {
 
     #[test]
     fn the_cache_skips_only_the_signature() {
-        use crate::claims_cache::ClaimsCache;
+        use crate::token::cache::ClaimsCache;
         use std::time::Duration;
         let mut config = testkit::config();
         let mut cache = ClaimsCache::new(8, Duration::from_secs(300));

@@ -1,17 +1,23 @@
 //! The callout to the credential service: one request per secret checked, and the reading of its
-//! answer. The protocol is documented in the README ("Credential protocol").
+//! answer. The protocol is documented in docs/credential-protocol.md.
 //!
 //! Verdicts come as `200 {"result": ...}`; any other status is a server-side failure, so a
 //! misrouted call (a 404 from the wrong path, a 503 from Envoy) can never read as "wrong PIN".
 
 use serde_json::{json, Value};
 
-use crate::config::CredentialServiceSettings;
-use crate::failure::Failure;
+use crate::callout::{self, Callout, Fault, Upstream, UpstreamSettings};
+use crate::reply::failure::Failure;
 use crate::secret::Secret;
 
 /// Answers larger than this are refused unread; a verdict is a few dozen bytes.
 pub const MAX_ANSWER_BYTES: usize = 4096;
+
+pub struct CredentialServiceSettings {
+    pub upstream: UpstreamSettings,
+    /// Header name and value sent with every callout, the value read from the environment.
+    pub auth_header: Option<(String, Secret)>,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretKind {
@@ -37,40 +43,61 @@ pub enum Verdict {
     Locked { retry_after_seconds: u64 },
 }
 
-/// Which configured cluster a callout goes to.
+/// What a callout's answer counts as: `otp_filter.credential.<name>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Upstream {
-    CredentialService,
-    Introspection,
+pub enum CallResult {
+    Valid,
+    Invalid,
+    UnknownUser,
+    MissingLinkedIdentity,
+    Locked,
+    Unavailable,
+    Timeout,
+    Error,
+    BadAnswer,
 }
 
-impl Upstream {
-    /// For log lines.
+impl CallResult {
+    /// Every result, so that each counter exists (as 0) before it first counts.
+    pub const ALL: [CallResult; 9] = [
+        CallResult::Valid,
+        CallResult::Invalid,
+        CallResult::UnknownUser,
+        CallResult::MissingLinkedIdentity,
+        CallResult::Locked,
+        CallResult::Unavailable,
+        CallResult::Timeout,
+        CallResult::Error,
+        CallResult::BadAnswer,
+    ];
+
+    /// The counter's last name part: the one list of these names.
     pub fn name(self) -> &'static str {
         match self {
-            Upstream::CredentialService => "credential service",
-            Upstream::Introspection => "token introspection",
+            CallResult::Valid => "valid",
+            CallResult::Invalid => "invalid",
+            CallResult::UnknownUser => "unknown_user",
+            CallResult::MissingLinkedIdentity => "missing_linked_identity",
+            CallResult::Locked => "locked",
+            CallResult::Unavailable => "unavailable",
+            CallResult::Timeout => "timeout",
+            CallResult::Error => "error",
+            CallResult::BadAnswer => "bad_answer",
         }
     }
-}
 
-/// Everything `dispatch_http_call` needs but the cluster, which `upstream` names. The body holds a
-/// secret (a PIN, password or token): never log it.
-pub struct Callout {
-    pub upstream: Upstream,
-    pub headers: Vec<(String, String)>,
-    pub body: Secret,
-}
-
-impl std::fmt::Debug for Callout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Callout({:?}, {} header(s), {:?})",
-            self.upstream,
-            self.headers.len(),
-            self.body
-        )
+    pub fn of(answer: &Result<Verdict, Failure>) -> CallResult {
+        match answer {
+            Ok(Verdict::Valid) => CallResult::Valid,
+            Ok(Verdict::Invalid) => CallResult::Invalid,
+            Ok(Verdict::UnknownUser) => CallResult::UnknownUser,
+            Ok(Verdict::MissingLinkedIdentity) => CallResult::MissingLinkedIdentity,
+            Ok(Verdict::Locked { .. }) => CallResult::Locked,
+            Err(Failure::CredentialServiceUnavailable) => CallResult::Unavailable,
+            Err(Failure::CredentialServiceTimeout) => CallResult::Timeout,
+            Err(Failure::CredentialServiceError) => CallResult::Error,
+            Err(_) => CallResult::BadAnswer,
+        }
     }
 }
 
@@ -81,13 +108,9 @@ pub fn callout(
     secret: &Secret,
     request_id: &str,
 ) -> Callout {
-    let mut headers = vec![
-        (":method".to_string(), "POST".to_string()),
-        (":path".to_string(), settings.path.clone()),
-        (":authority".to_string(), settings.authority.clone()),
-        ("content-type".to_string(), "application/json".to_string()),
-        ("request-id".to_string(), request_id.to_string()),
-    ];
+    let mut headers = settings.upstream.pseudo_headers("POST");
+    headers.push(("content-type".to_string(), "application/json".to_string()));
+    headers.push(("request-id".to_string(), request_id.to_string()));
     if let Some((name, value)) = &settings.auth_header {
         headers.push((name.clone(), value.expose_str().to_string()));
     }
@@ -105,31 +128,21 @@ pub fn callout(
 
 /// The `otp_filter.credential.<result>` a callout's answer counts as.
 pub fn result_name(answer: &Result<Verdict, Failure>) -> &'static str {
-    match answer {
-        Ok(Verdict::Valid) => "valid",
-        Ok(Verdict::Invalid) => "invalid",
-        Ok(Verdict::UnknownUser) => "unknown_user",
-        Ok(Verdict::MissingLinkedIdentity) => "missing_linked_identity",
-        Ok(Verdict::Locked { .. }) => "locked",
-        Err(Failure::CredentialServiceUnavailable) => "unavailable",
-        Err(Failure::CredentialServiceTimeout) => "timeout",
-        Err(Failure::CredentialServiceError) => "error",
-        Err(_) => "bad_answer",
+    CallResult::of(answer).name()
+}
+
+fn failure(fault: Fault) -> Failure {
+    match fault {
+        Fault::Unavailable => Failure::CredentialServiceUnavailable,
+        Fault::Timeout => Failure::CredentialServiceTimeout,
+        Fault::Error => Failure::CredentialServiceError,
+        Fault::BadAnswer => Failure::CredentialServiceBadAnswer,
     }
 }
 
 /// Reads the callout's answer. `status` is `None` when Envoy delivered no `:status` at all.
 pub fn read_answer(status: Option<u16>, body: &[u8]) -> Result<Verdict, Failure> {
-    match status {
-        Some(200) => {}
-        // Envoy answers 503 itself when it cannot connect and 504 when the call times out.
-        None | Some(503) => return Err(Failure::CredentialServiceUnavailable),
-        Some(504) => return Err(Failure::CredentialServiceTimeout),
-        Some(_) => return Err(Failure::CredentialServiceError),
-    }
-    if body.len() > MAX_ANSWER_BYTES {
-        return Err(Failure::CredentialServiceBadAnswer);
-    }
+    let body = callout::accept(status, body, MAX_ANSWER_BYTES).map_err(failure)?;
     let answer: Value =
         serde_json::from_slice(body).map_err(|_| Failure::CredentialServiceBadAnswer)?;
     match answer.get("result").and_then(Value::as_str) {
@@ -152,6 +165,19 @@ pub fn read_answer(status: Option<u16>, body: &[u8]) -> Result<Verdict, Failure>
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn every_result_has_its_own_counter_name() {
+        let mut names: Vec<&str> = CallResult::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CallResult::ALL.len());
+        assert_eq!(result_name(&Ok(Verdict::Valid)), "valid");
+        assert_eq!(
+            result_name(&Err(Failure::CredentialServiceTimeout)),
+            "timeout"
+        );
+    }
 
     #[test]
     fn reads_every_verdict() {
@@ -210,10 +236,12 @@ mod tests {
     #[test]
     fn callout_carries_route_auth_and_json() {
         let settings = CredentialServiceSettings {
-            cluster: "creds".into(),
-            authority: "credential-service".into(),
-            path: "/v1/credentials/verify".into(),
-            timeout: Duration::from_millis(500),
+            upstream: UpstreamSettings {
+                cluster: "creds".into(),
+                authority: "credential-service".into(),
+                path: "/v1/credentials/verify".into(),
+                timeout: Duration::from_millis(500),
+            },
             auth_header: Some(("authorization".into(), Secret::new("Bearer s3".into()))),
         };
         let secret = Secret::new("pa\"ss".into());
