@@ -3,7 +3,7 @@
 //! (the single-use ledger, the throttle) is reached through the `SharedStore` trait.
 //!
 //! Three kinds of route:
-//! - create (`/user/<v>/user/otp`). Check order (NOTES.md, first failure wins): method 405, bearer
+//! - create (`/user/<v>/user/otp`). Check order (docs/contract.md, first failure wins): method 405, bearer
 //!   token 401, scope 403, Accept 406, Content-Type 415, body size 413, body 422, throttle 429, then
 //!   the credential service (password first, then PIN; 404 when neither is valid), then mint, 201;
 //! - verify (`/user/<v>/user/otp/verify`): the same order up to the body, then throttle 429, then

@@ -1,4 +1,4 @@
-//! Accept and Content-Type rules from NOTES.md ("Decisions").
+//! Accept and Content-Type rules from docs/contract.md ("Decisions").
 //!
 //! Accept passes when it is missing, or names `*/*`, `application/*`, `application/json`, or
 //! `application/vnd.api+json` without media-type parameters, with a non-zero q. JSON:API adds one rule:

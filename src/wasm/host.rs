@@ -1,7 +1,7 @@
 //! The host calls the filter makes per request, imported directly and returning `Result`s.
 //! proxy-wasm 0.2.5's wrappers `panic!` on any status they do not list, and a panic traps the VM
 //! for every request on the worker: reading a failed callout's headers did exactly that (status 2,
-//! see README "Panic review"). Statuses and enums cross the ABI as plain `u32`, so an unexpected
+//! see docs/security-review.md). Statuses and enums cross the ABI as plain `u32`, so an unexpected
 //! value from the host can never become an invalid Rust enum.
 //!
 //! Left to the SDK: `dispatch_http_call` (the SDK must record the call to route its answer back)
