@@ -117,7 +117,7 @@ bench: build $(ENVOY_STAMP)
 # Soak: SOAK_SECONDS (300) of mixed valid and invalid requests against one Envoy (--concurrency 2)
 # and the reference credential service, on loopback. Fails on any unexpected status, a VM failure
 # (stats or log), a secret in the log, or Envoy's VmRSS or RssAnon growing 10% or more after
-# warm-up; prints the figures. Never part of `make test`. Knobs: see benches/soak.rs.
+# warm-up; prints the figures. Never part of `make test`. Knobs: see benches/soak/main.rs.
 SOAK_SECONDS ?= 300
 soak: build $(ENVOY_STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) cargo bench --bench soak

@@ -13,12 +13,9 @@
     clippy::indexing_slicing
 )]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::time::Instant;
 
-use support::*;
+use harness::*;
 
 const ROUNDS: usize = 5;
 const PER_ROUND: usize = 300;

@@ -12,10 +12,8 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
-use support::h2c::{self, Request as H2};
-use support::*;
+use harness::h2c::{self, Request as H2};
+use harness::*;
 
 const P: &str = "/user/2021-2/user/otp";
 

@@ -12,10 +12,8 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
+use harness::*;
 use serde_json::{json, Value};
-use support::*;
 
 const PIN: &str = r#"{"pin":"8299"}"#;
 

@@ -8,11 +8,9 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use harness::*;
 
 fn bad_config() -> String {
     demo_config(10001, |c| {

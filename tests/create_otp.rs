@@ -9,14 +9,12 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use harness::*;
 use serde_json::json;
-use support::*;
 
 const PASSWORD: &str = "correct-horse-battery-staple";
 

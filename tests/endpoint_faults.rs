@@ -10,11 +10,9 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use harness::*;
 
 const PIN: &str = r#"{"pin":"8299"}"#;
 

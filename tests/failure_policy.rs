@@ -12,14 +12,12 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use harness::*;
 
 const PIN: &str = r#"{"pin":"8299"}"#;
 /// Under `/user/` but not the filter's: the filter lets it through to the stand-in upstream (404).

@@ -10,12 +10,10 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
 use std::thread;
 use std::time::Duration;
 
-use support::*;
+use harness::*;
 
 const PIN: &str = r#"{"pin":"8299"}"#;
 const VERIFY_PATH: &str = "/user/2022-1/user/otp/verify";

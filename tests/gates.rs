@@ -11,13 +11,11 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
 use std::thread;
 use std::time::Duration;
 
+use harness::*;
 use serde_json::json;
-use support::*;
 
 const PIN: &str = r#"{"pin":"8299"}"#;
 

@@ -9,15 +9,13 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use harness::*;
 use serde_json::json;
-use support::*;
 
 const PIN: &str = r#"{"pin":"8299"}"#;
 const VERIFY_PATH: &str = "/user/2022-1/user/otp/verify";

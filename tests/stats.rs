@@ -9,10 +9,8 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
+use harness::*;
 use serde_json::json;
-use support::*;
 
 #[test]
 fn counters_after_a_known_sequence() {

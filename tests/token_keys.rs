@@ -9,15 +9,13 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use harness::*;
 use serde_json::json;
-use support::*;
 
 const PIN: &str = r#"{"pin":"8299"}"#;
 

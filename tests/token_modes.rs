@@ -9,12 +9,10 @@
     clippy::indexing_slicing
 )]
 
-mod support;
-
 use std::net::TcpListener;
 use std::time::Duration;
 
-use support::*;
+use harness::*;
 
 const PIN: &str = r#"{"pin":"8299"}"#;
 

@@ -8,7 +8,7 @@
 //! To price one host call, build it with `FLOOR_EXTRA_CLOCK_READS=N` or
 //! `FLOOR_EXTRA_SHARED_READS=N` in the environment: each request then also makes N clock reads
 //! (the cheapest host call) or N shared-data reads (a lock, a copy and an allocation in the VM).
-//! Compare with the plain build in one run (`BENCH_E_WASM`/`BENCH_H_WASM` in benches/throughput.rs).
+//! Compare with the plain build in one run (`BENCH_E_WASM`/`BENCH_H_WASM` in benches/throughput/).
 
 use std::time::Duration;
 

@@ -15,15 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use harness::bench::head_end;
+use otp_filter::token::cache::ClaimsCache;
 use otp_filter::config::{self, Config};
 use otp_filter::flow::{self, Ctx, Exchange, RequestHead, Step, TokenState};
+use otp_filter::token::jwks::RemoteJwks;
 use otp_filter::request::request_id::{self, XidGenerator};
 use otp_filter::state::store::{SharedStore, StoreError};
 use otp_filter::state::{single_use, throttle};
-use otp_filter::token::cache::ClaimsCache;
-use otp_filter::token::jwks::RemoteJwks;
 
-use super::{content_length, head_end, header};
+use crate::http::{content_length, header};
 
 pub struct NativePeer {
     pub port: u16,
@@ -120,7 +121,7 @@ fn exchange(conn: &mut TcpStream, request: &[u8]) -> std::io::Result<(u16, Vec<u
 
 impl NativePeer {
     pub fn start(stub_port: u16, jwks_port: u16) -> NativePeer {
-        let yaml = std::fs::read_to_string(super::root().join("envoy/envoy.yaml")).expect("yaml");
+        let yaml = std::fs::read_to_string(harness::root().join("envoy/envoy.yaml")).expect("yaml");
         let (config_text, env) = shipped_config(&yaml);
         let mut jwks_conn = TcpStream::connect(("127.0.0.1", jwks_port)).expect("jwks service");
         let (status, jwks) = exchange(

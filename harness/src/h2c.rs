@@ -12,7 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::Response;
+use crate::Response;
 
 const DATA: u8 = 0;
 const HEADERS: u8 = 1;

@@ -1,9 +1,9 @@
 //! End-to-end harness: a real Envoy (from the project's virtualenv) running the release `.wasm`,
 //! the reference credential service, and a raw HTTP/1.1 client that controls every byte sent.
+//! A dev-dependency of otp-filter: its tests (`use harness::*;`) and its benches use it.
 //!
 //! Every process is started on ports the OS picks, and killed when its handle drops (or, should
 //! the test thread die, by the kernel through PR_SET_PDEATHSIG).
-#![allow(dead_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -25,8 +25,13 @@ use serde_json::Value;
 pub const CALLOUT_AUTH: &str = "Bearer dev-only-credential-secret";
 pub const INTROSPECTION_SECRET: &str = "dev-only-introspection-secret";
 
+/// The repository root: the parent of this crate's directory (`harness/`).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .expect("harness/ lies in the repository root")
+        .to_path_buf()
 }
 
 fn built(path: PathBuf) -> PathBuf {
@@ -809,6 +814,7 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+pub mod bench;
 pub mod h2c;
 
 /// A peer that answers every request with `prefix` (a status line, headers that promise a longer

@@ -1,16 +1,12 @@
 //! Helpers shared by the bench targets that drive a real Envoy (`throughput`, `soak`): finding
 //! Envoy's process, reading its memory and CPU time from /proc and the admin API, editing the
-//! shipped config, and minting tokens. Each target includes it with `#[path]`, beside
-//! tests/support.
-
-// Each bench target uses its own part of this module.
-#![allow(dead_code)]
+//! shipped config, and minting tokens.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread;
 
-use super::support::{get, token_with, Envoy};
+use crate::{get, token_with, Envoy};
 
 /// Where an HTTP/1.1 message head ends (after its blank line).
 pub fn head_end(buf: &[u8]) -> Option<usize> {
@@ -42,6 +38,12 @@ pub fn pid_with_arg(arg: &std::path::Path) -> Option<u32> {
                 .any(|a| a == needle.as_bytes())
                 .then_some(pid)
         })
+}
+
+/// The pid of `envoy`'s process, found by its scratch config path (which is unique).
+pub fn envoy_pid(envoy: &Envoy) -> Option<u32> {
+    let config_path = envoy.log.parent().expect("scratch dir").join("envoy.yaml");
+    pid_with_arg(&config_path)
 }
 
 /// (VmRSS, RssAnon) of a process, in kB. VmRSS also counts mapped file pages (most of Envoy's

@@ -1,0 +1,233 @@
+//! The five Envoys (A to E): the shipped envoy/envoy.yaml, edited by exact-text replacement, each
+//! started with two workers and logging at `info`; their memory, and the filter's own histograms.
+
+use harness::bench::{admin_memory, envoy_pid, replace_once};
+use harness::*;
+
+const ROUTE_DISABLED: &str = r#"                typed_per_filter_config:
+                  envoy.filters.http.wasm:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
+"#;
+const CATCH_ALL_ROUTE: &str = "              - match: { prefix: \"/\" }\n";
+const WASM_FILTER_START: &str = "          - name: envoy.filters.http.wasm\n";
+const ROUTER_FILTER: &str = "          - name: envoy.filters.http.router\n";
+const CLUSTERS: &str = "  clusters:\n";
+const MAX_FAILURES: &str = r#""max_failures": 5,"#;
+
+/// (a): no wasm at all. The filter goes from `http_filters`, and its per-route config with it.
+fn without_wasm(c: String) -> String {
+    let start = c
+        .find(WASM_FILTER_START)
+        .expect("wasm filter in http_filters");
+    let end = start + c[start..].find(ROUTER_FILTER).expect("router after wasm");
+    let c = format!("{}{}", &c[..start], &c[end..]);
+    assert!(!c.contains("envoy.wasm.runtime"), "wasm left in config (a)");
+    replace_once(&c, ROUTE_DISABLED, "")
+}
+
+/// (c): the catch-all route no longer disables the filter.
+fn filter_on_catch_all(c: String) -> String {
+    replace_once(&c, ROUTE_DISABLED, "")
+}
+
+/// (d), (e), (f), (g): a `/hop` route (filter disabled) to a `hop` cluster at the fast upstream
+/// stub, a `/peer/` route (filter disabled, prefix stripped) to the native peer service, and room
+/// for 100 failures per user so the verify scenario sees its 404s.
+fn hop_and_throttle(c: String, hop_port: u16, peer_port: u16) -> String {
+    let cluster = |name: &str, port: u16| {
+        format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n"
+        )
+    };
+    let routes = format!(
+        "              - match: {{ prefix: \"/hop\" }}\n                route: {{ cluster: hop, timeout: 5s }}\n{ROUTE_DISABLED}\
+         {PEER_ROUTE}{ROUTE_DISABLED}{CATCH_ALL_ROUTE}"
+    );
+    let clusters = format!(
+        "{CLUSTERS}{}{}",
+        cluster("hop", hop_port),
+        cluster("peer", peer_port)
+    );
+    let c = replace_once(&c, CATCH_ALL_ROUTE, &routes);
+    let c = replace_once(&c, CLUSTERS, &clusters);
+    replace_once(&c, MAX_FAILURES, r#""max_failures": 100,"#)
+}
+
+const PEER_ROUTE: &str = "              - match: { prefix: \"/peer/\" }\n                route: { cluster: peer, timeout: 5s, prefix_rewrite: \"/\" }\n";
+
+/// (h): config D with the bench-only floor filter (benches/floor-filter) in place of otp-filter.
+fn with_floor_filter(c: String) -> String {
+    with_wasm(c, &floor_wasm())
+}
+
+fn with_wasm(c: String, path: &std::path::Path) -> String {
+    replace_once(
+        &c,
+        &format!("filename: {}", wasm().display()),
+        &format!("filename: {}", path.display()),
+    )
+}
+
+/// Whether an A/B .wasm is a build of otp-filter (whose token keys must load before measuring)
+/// rather than of the floor filter: by its file name.
+fn is_otp_filter(path: &std::ffi::OsStr) -> bool {
+    path.to_string_lossy().contains("otp")
+}
+
+/// The floor filter's .wasm; `BENCH_H_WASM` puts another build there instead, for an A/B of a
+/// change in one run (e.g. `cp` the old `otp_filter.wasm` aside, rebuild, compare (h) with (e)).
+fn floor_wasm() -> std::path::PathBuf {
+    match std::env::var_os("BENCH_H_WASM") {
+        Some(path) => path.into(),
+        None => root().join("target/wasm32-wasip1/release/floor_filter.wasm"),
+    }
+}
+
+pub struct Proxy {
+    pub name: &'static str,
+    pub envoy: Envoy,
+    pub pid: Option<u32>,
+}
+
+impl Proxy {
+    fn start(name: &'static str, config: &str, wasm: bool) -> Proxy {
+        let envoy = Envoy::start_with_workers(config, 2);
+        // The harness starts Envoy at info with wasm at debug (for its log audits); measure at
+        // Envoy's default level instead, as production runs.
+        let r = send(
+            envoy.admin_port,
+            &request("POST", "/logging?level=info", &[], None),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        if wasm {
+            envoy.wait_for_keys();
+        }
+        let pid = envoy_pid(&envoy);
+        Proxy { name, envoy, pid }
+    }
+
+    /// (`allocated`, `heap_size`) from the admin `/memory` endpoint, in bytes.
+    fn memory(&self) -> (u64, u64) {
+        admin_memory(&self.envoy)
+    }
+
+    /// VmRSS of the Envoy process, in kB.
+    fn rss_kb(&self) -> Option<u64> {
+        harness::bench::rss_kb(self.pid?).map(|(rss, _anon)| rss)
+    }
+
+    /// (`allocated`, `heap_size`, VmRSS): see `memory` and `rss_kb`.
+    pub fn memory_now(&self) -> (u64, u64, Option<u64>) {
+        let (a, h) = self.memory();
+        (a, h, self.rss_kb())
+    }
+}
+
+/// Starts A to E in front of the credential stub on `cred_port` (JWKS from `jwks_port`), D and E
+/// with routes to the hop stub and the native peer. E's floor filter must have been built.
+pub fn start_all(cred_port: u16, hop_port: u16, jwks_port: u16, peer_port: u16) -> [Proxy; 5] {
+    assert!(
+        floor_wasm().exists(),
+        "{} is missing: `make bench` builds it",
+        floor_wasm().display()
+    );
+    println!("starting five Envoys (--concurrency 2 each) ...");
+    [
+        Proxy::start(
+            "A: no wasm filter",
+            &demo_config_split(cred_port, jwks_port, without_wasm),
+            false,
+        ),
+        Proxy::start(
+            "B: shipped config",
+            &demo_config_split(cred_port, jwks_port, |c| c),
+            true,
+        ),
+        Proxy::start(
+            "C: filter on `/`",
+            &demo_config_split(cred_port, jwks_port, filter_on_catch_all),
+            true,
+        ),
+        Proxy::start(
+            "D: + /hop, /peer/, max_failures 100",
+            &demo_config_split(cred_port, jwks_port, |c| {
+                let c = hop_and_throttle(c, hop_port, peer_port);
+                match std::env::var_os("BENCH_E_WASM") {
+                    Some(path) => with_wasm(c, std::path::Path::new(&path)),
+                    None => c,
+                }
+            }),
+            std::env::var_os("BENCH_E_WASM").is_none_or(|p| is_otp_filter(&p)),
+        ),
+        Proxy::start(
+            "E: D with the floor filter",
+            &demo_config_split(cred_port, jwks_port, |c| {
+                with_floor_filter(hop_and_throttle(c, hop_port, peer_port))
+            }),
+            std::env::var_os("BENCH_H_WASM").is_some_and(|p| is_otp_filter(&p)),
+        ),
+    ]
+}
+
+/// An Envoy's memory (`allocated`, `heap_size`, VmRSS) before the first run and after the last.
+pub struct MemoryRow {
+    pub name: &'static str,
+    pub start: (u64, u64, Option<u64>),
+    pub end: (u64, u64, Option<u64>),
+}
+
+/// Each proxy's memory now, as `start`, beside its memory at the start.
+pub fn memory_rows(proxies: &[Proxy], start: Vec<(u64, u64, Option<u64>)>) -> Vec<MemoryRow> {
+    proxies
+        .iter()
+        .zip(start)
+        .map(|(p, start)| MemoryRow {
+            name: p.name,
+            start,
+            end: p.memory_now(),
+        })
+        .collect()
+}
+
+/// The filter's own histograms (cumulative p50 / p99): time spent in the VM per request (µs)
+/// and the credential callout's round trip (ms).
+pub struct FilterTime {
+    pub filter_us: (f64, f64),
+    pub callout_ms: (f64, f64),
+}
+
+impl FilterTime {
+    pub fn read(envoy: &Envoy) -> Option<FilterTime> {
+        let stats = get(
+            envoy.admin_port,
+            "/stats?format=json&filter=otp_filter%5C.time",
+        )
+        .json();
+        let histograms = stats["stats"]
+            .as_array()?
+            .iter()
+            .find_map(|s| s.get("histograms"))?;
+        let quantiles: Vec<f64> = histograms["supported_quantiles"]
+            .as_array()?
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        let at = |name: &str, q: f64| -> Option<f64> {
+            let i = quantiles.iter().position(|x| (*x - q).abs() < 1e-9)?;
+            histograms["computed_quantiles"]
+                .as_array()?
+                .iter()
+                .find(|h| h["name"].as_str().is_some_and(|n| n.ends_with(name)))?["values"][i]
+                ["cumulative"]
+                .as_f64()
+        };
+        Some(FilterTime {
+            filter_us: (at("filter_us", 50.0)?, at("filter_us", 99.0)?),
+            callout_ms: (
+                at("credential_callout_ms", 50.0)?,
+                at("credential_callout_ms", 99.0)?,
+            ),
+        })
+    }
+}
