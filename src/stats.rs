@@ -4,6 +4,7 @@
 //! part into a tag (see `envoy/envoy.yaml`): `otp_filter.outcome.issued` becomes
 //! `otp_filter.outcome{otp_outcome="issued"}` in `/stats/prometheus`.
 
+use crate::callout::authority::AuthorityResult;
 use crate::callout::credential::CallResult;
 use crate::reply::failure::Failure;
 
@@ -15,6 +16,11 @@ pub const SUCCESSES: [&str; 3] = ["issued", "verified", "gate_passed"];
 /// What a credential callout came back with (`CallResult` names them).
 pub fn credential_results() -> impl Iterator<Item = &'static str> {
     CallResult::ALL.into_iter().map(CallResult::name)
+}
+
+/// What the one-time-use authority ruled (`AuthorityResult` names them).
+pub fn authority_results() -> impl Iterator<Item = &'static str> {
+    AuthorityResult::ALL.into_iter().map(AuthorityResult::name)
 }
 
 /// Stat names may not carry the `:` of `otp:invalid`; tags and Prometheus want `[a-z0-9_]`.
@@ -38,6 +44,10 @@ pub fn credential(result: &str) -> String {
     format!("{PREFIX}.credential.{result}")
 }
 
+pub fn authority(result: &str) -> String {
+    format!("{PREFIX}.authority.{result}")
+}
+
 /// Every outcome counter, defined at start so each shows (as 0) before it first happens.
 pub fn all_outcomes() -> impl Iterator<Item = &'static str> {
     SUCCESSES
@@ -52,6 +62,7 @@ pub const SINGLE_USE_CORRUPT_FENCED: &str = "otp_filter.state.single_use_corrupt
 pub const SINGLE_USE_RECORDS: &str = "otp_filter.state.single_use_records";
 pub const THROTTLED_USERS: &str = "otp_filter.state.throttled_users";
 pub const CREDENTIAL_LATENCY_MS: &str = "otp_filter.time.credential_callout_ms";
+pub const AUTHORITY_LATENCY_MS: &str = "otp_filter.time.authority_callout_ms";
 pub const FILTER_TIME_US: &str = "otp_filter.time.filter_us";
 
 #[cfg(test)]

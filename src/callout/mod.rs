@@ -1,7 +1,8 @@
 //! Who the filter asks, and how: one shape for every callout target (the credential service, the
-//! introspection endpoint, the remote JWKS), and one reading of what Envoy hands back, so every
+//! one-time-use authority, the introspection endpoint, the remote JWKS), and one reading of what Envoy hands back, so every
 //! peer's answer maps to "unavailable / timeout / error / unreadable" the same way.
 
+pub mod authority;
 pub mod credential;
 
 use std::time::Duration;
@@ -33,6 +34,8 @@ impl UpstreamSettings {
 pub enum Upstream {
     CredentialService,
     Introspection,
+    /// The one-time-use authority (`callout::authority`).
+    Authority,
 }
 
 impl Upstream {
@@ -41,6 +44,7 @@ impl Upstream {
         match self {
             Upstream::CredentialService => "credential service",
             Upstream::Introspection => "token introspection",
+            Upstream::Authority => "one-time-use authority",
         }
     }
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::callout::authority::AuthoritySettings;
 use crate::callout::credential::CredentialServiceSettings;
 use crate::callout::{Upstream, UpstreamSettings};
 use crate::otp::OtpSettings;
@@ -42,6 +43,8 @@ pub struct Config {
     pub token: TokenSettings,
     pub otp: OtpSettings,
     pub single_use: LedgerSettings,
+    /// Who decides single use and the guess budget fleet-wide; `None`: this Envoy (shared data).
+    pub authority: Option<AuthoritySettings>,
     pub throttle: ThrottleSettings,
 }
 
@@ -68,6 +71,10 @@ impl Config {
     pub fn upstream(&self, upstream: Upstream) -> &UpstreamSettings {
         match (upstream, &self.token.source) {
             (Upstream::Introspection, TokenSource::Introspection(i)) => &i.upstream,
+            (Upstream::Authority, _) if self.authority.is_some() => self
+                .authority
+                .as_ref()
+                .map_or(&self.credential_service.upstream, |a| &a.upstream),
             _ => &self.credential_service.upstream,
         }
     }
@@ -152,7 +159,7 @@ pub fn parse(text: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config
 
     let credential_service = credential_section(credential, env, &mut problems);
     let token = token_section(token, env, &mut problems);
-    let (otp, single_use) = otp_section(otp, env, &mut problems);
+    let otp = otp_section(otp, &credential_service, env, &mut problems);
     let throttle = throttle_section(throttle, &mut problems);
     let gates = gates_section(gates, &mut problems);
 
@@ -164,8 +171,9 @@ pub fn parse(text: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config
             max_body_bytes,
             credential_service,
             token,
-            otp,
-            single_use,
+            otp: otp.otp,
+            single_use: otp.ledger,
+            authority: otp.authority,
             throttle,
         })
     } else {
@@ -230,6 +238,64 @@ mod tests {
         assert_eq!(
             (c.otp.keys[0].id.as_str(), c.otp.keys[0].key.len()),
             ("default", 32)
+        );
+    }
+
+    #[test]
+    fn the_authority_defaults_to_the_credential_service() {
+        let with = |otp: Value| merged(&config_json(), &json!({ "otp": otp }));
+        let c = testkit::config_from(&with(json!({"decided_by": "authority"}))).unwrap();
+        let a = c.authority.as_ref().unwrap();
+        assert_eq!(a.upstream.cluster, c.credential_service.upstream.cluster);
+        assert_eq!(
+            a.upstream.authority,
+            c.credential_service.upstream.authority
+        );
+        assert_eq!(a.upstream.timeout, c.credential_service.upstream.timeout);
+        assert_eq!(a.upstream.path, "/v1/otp");
+        assert_eq!(
+            a.auth_header
+                .as_ref()
+                .map(|(n, v)| (n.as_str(), v.expose_str())),
+            c.credential_service
+                .auth_header
+                .as_ref()
+                .map(|(n, v)| (n.as_str(), v.expose_str()))
+        );
+        let c = testkit::config_from(&with(json!({"decided_by": "authority",
+            "authority": {"cluster": "otp_authority", "path": "/otp", "timeout_ms": 300}})))
+        .unwrap();
+        let a = c.authority.as_ref().unwrap();
+        assert_eq!(
+            (a.upstream.cluster.as_str(), a.upstream.path.as_str()),
+            ("otp_authority", "/otp")
+        );
+        assert!(
+            testkit::config().authority.is_none(),
+            "envoy decides by default"
+        );
+        let message = problems_of(with(
+            json!({"decided_by": "nobody", "authority": {"path": "x"}}),
+        ));
+        assert!(
+            message.contains("otp.decided_by: must be \"envoy\" or \"authority\""),
+            "{message}"
+        );
+        let message = problems_of(with(json!({"authority": {}})));
+        assert!(
+            message.contains("otp.authority: only used with \"decided_by\": \"authority\""),
+            "{message}"
+        );
+        let message = problems_of(with(
+            json!({"decided_by": "authority", "authority": {"path": "otp", "port": 1}}),
+        ));
+        assert!(
+            message.contains("otp.authority.path: must start with /"),
+            "{message}"
+        );
+        assert!(
+            message.contains("otp.authority.port: unknown field"),
+            "{message}"
         );
     }
 

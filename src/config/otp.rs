@@ -5,16 +5,31 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::Value;
 
+use std::time::Duration;
+
+use super::credential::auth_header;
 use super::section::{env_secret, Section};
+use crate::callout::authority::AuthoritySettings;
+use crate::callout::credential::CredentialServiceSettings;
+use crate::callout::UpstreamSettings;
 use crate::otp::{HmacAlgorithm, MasterKey, OtpSettings};
 use crate::secret::Secret;
 use crate::state::single_use::LedgerSettings;
 
+/// What `otp` configures: the codes, the local single-use ledger, and the authority that decides
+/// single use and the guess budget fleet-wide (`None`: this Envoy's shared data decides).
+pub(super) struct OtpSection {
+    pub otp: OtpSettings,
+    pub ledger: LedgerSettings,
+    pub authority: Option<AuthoritySettings>,
+}
+
 pub(super) fn otp_section(
     value: Option<Value>,
+    credential_service: &CredentialServiceSettings,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
-) -> (OtpSettings, LedgerSettings) {
+) -> OtpSection {
     let mut s = Section::new("otp", value, problems);
     let digits = s.integer("digits", 6, 6, 10) as u32;
     let algorithm_name = s.string("algorithm", Some("SHA256"));
@@ -36,7 +51,27 @@ pub(super) fn otp_section(
     let verify_scope = s.string("verify_scope", Some("user:otp:verify"));
     s.check_scope("verify_scope", &verify_scope);
     let single_use = s.take("single_use");
+    let decided_by = s.string("decided_by", Some("envoy"));
+    let authority = s.take("authority");
     s.finish();
+    let authority = match decided_by.as_str() {
+        "envoy" => {
+            if authority.is_some() {
+                problems.push("otp.authority: only used with \"decided_by\": \"authority\"".into());
+            }
+            None
+        }
+        "authority" => Some(authority_section(
+            authority,
+            credential_service,
+            env,
+            problems,
+        )),
+        _ => {
+            problems.push("otp.decided_by: must be \"envoy\" or \"authority\"".into());
+            None
+        }
+    };
 
     let mut u = Section::new("otp.single_use", single_use, problems);
     let ledger = LedgerSettings {
@@ -124,7 +159,55 @@ pub(super) fn otp_section(
         active,
         verify_scope,
     };
-    (settings, ledger)
+    OtpSection {
+        otp: settings,
+        ledger,
+        authority,
+    }
+}
+
+/// `otp.authority`: where the one-time-use authority is. Every field defaults to the credential
+/// service's (its cluster, authority, timeout and auth header), with the path `/v1/otp`: the
+/// reference credential service is an authority.
+fn authority_section(
+    value: Option<Value>,
+    credential_service: &CredentialServiceSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> AuthoritySettings {
+    let defaults = &credential_service.upstream;
+    let mut a = Section::new("otp.authority", value, problems);
+    let cluster = a.string("cluster", Some(&defaults.cluster));
+    let authority = a.string("authority", Some(&defaults.authority));
+    let path = a.string("path", Some("/v1/otp"));
+    if !path.is_empty() && !path.starts_with('/') {
+        a.problem("path", "must start with /");
+    }
+    let timeout_ms = a.integer(
+        "timeout_ms",
+        u64::try_from(defaults.timeout.as_millis()).unwrap_or(2000),
+        1,
+        60_000,
+    );
+    let auth = a.take("auth_header");
+    a.finish();
+    let auth_header = match auth {
+        Some(auth) => auth_header("otp.authority.auth_header", auth, env, problems),
+        // The same secret, copied once at configure time.
+        None => credential_service
+            .auth_header
+            .as_ref()
+            .map(|(name, value)| (name.clone(), Secret::from_bytes(value.expose().to_vec()))),
+    };
+    AuthoritySettings {
+        upstream: UpstreamSettings {
+            cluster,
+            authority,
+            path,
+            timeout: Duration::from_millis(timeout_ms),
+        },
+        auth_header,
+    }
 }
 
 /// A master key from the environment: standard base64 of at least 32 bytes.

@@ -2,7 +2,7 @@
 //! credential service (password first, then the PIN), then the mint: 201 with the code.
 
 use crate::callout::credential::{self, SecretKind, Verdict};
-use crate::callout::Callout;
+use crate::callout::{Callout, Upstream};
 use crate::config::Config;
 use crate::otp;
 use crate::reply::failure::Failure;
@@ -91,7 +91,10 @@ impl Exchange {
         body: &[u8],
     ) -> Step {
         let answer = credential::read_answer(status, body);
-        self.credential_result = Some(credential::result_name(&answer));
+        self.call_result = Some((
+            Upstream::CredentialService,
+            credential::result_name(&answer),
+        ));
         match answer {
             Err(failure) => self.fail(failure),
             Ok(Verdict::Valid) => {

@@ -9,7 +9,7 @@ use crate::config::OtpSource;
 use crate::reply::failure::Failure;
 use crate::secret::Secret;
 
-use super::{Ctx, Exchange, Served, Stage, Step};
+use super::{Ctx, Exchange, Served, Step};
 
 impl Exchange {
     /// A gate that reads the code from a header decides at once; a missing header is a 403.
@@ -39,16 +39,9 @@ impl Exchange {
     }
 
     pub(super) fn gate_decide(&mut self, ctx: &Ctx, code: Option<Secret>) -> Step {
-        let Some(code) = code.filter(|c| !c.is_empty()) else {
-            return self.fail(Failure::OtpRequired);
-        };
-        match self.use_code(ctx, &code) {
-            Ok(true) => {
-                self.stage = Stage::Passed;
-                Step::Continue
-            }
-            Ok(false) => self.fail(Failure::OtpRequired),
-            Err(failure) => self.fail(failure),
+        match code.filter(|c| !c.is_empty()) {
+            Some(code) => self.check_code(ctx, &code),
+            None => self.fail(Failure::OtpRequired),
         }
     }
 }

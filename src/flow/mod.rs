@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::callout::authority::Question;
 use crate::callout::{Callout, Upstream};
 use crate::config::{Config, Gate, OtpSource};
 use crate::reply::failure::Failure;
@@ -153,6 +154,8 @@ enum Stage {
         pin: Option<Secret>,
     },
     CheckingPin,
+    /// Waiting for the one-time-use authority's ruling on a code.
+    AskingAuthority(Question),
     /// A gate passed: the rest of the request flows upstream untouched.
     Passed,
     Finished,
@@ -176,8 +179,9 @@ pub struct Exchange {
     early_body: EarlyBody,
     /// A gate's code taken from a header at the start.
     header_code: Option<Secret>,
-    /// What the last credential callout answered, for the stats (taken by the adapter).
-    credential_result: Option<&'static str>,
+    /// What the last callout answered, for the stats (taken by the adapter): the credential
+    /// service's `CallResult` name or the authority's `AuthorityResult` name.
+    call_result: Option<(Upstream, &'static str)>,
     /// The scope the token lacked, named in the 403 (set only on that failure).
     missing_scope: Option<String>,
     /// A corrupt single-use bucket was fenced off during this exchange (counted and logged by the
@@ -217,7 +221,7 @@ impl Exchange {
             after_token: None,
             early_body: EarlyBody::None,
             header_code: otp_header.map(|h| Secret::new(h.to_string())),
-            credential_result: None,
+            call_result: None,
             missing_scope: None,
             ledger_reset: false,
         }
@@ -264,9 +268,9 @@ impl Exchange {
         &self.request_id
     }
 
-    /// What the last credential callout answered, once (for the stats).
-    pub fn take_credential_result(&mut self) -> Option<&'static str> {
-        self.credential_result.take()
+    /// What the last callout answered, once (for the stats).
+    pub fn take_call_result(&mut self) -> Option<(Upstream, &'static str)> {
+        self.call_result.take()
     }
 
     /// Whether a corrupt single-use bucket was fenced off, once (for the counter and a warning).
@@ -373,6 +377,9 @@ impl Exchange {
             }
             Stage::CheckingPassword { pin } => pin,
             Stage::CheckingPin => None,
+            Stage::AskingAuthority(question) => {
+                return self.on_authority_answer(ctx, question, status, body)
+            }
             Stage::AwaitingBody | Stage::Draining(_) | Stage::Passed | Stage::Finished => {
                 return self.fail(Failure::Internal(
                     "A credential answer arrived unexpectedly.",
@@ -387,6 +394,7 @@ impl Exchange {
         self.fail(Failure::Internal(match upstream {
             Upstream::CredentialService => "The credential service call could not be started.",
             Upstream::Introspection => "The token introspection call could not be started.",
+            Upstream::Authority => "The one-time-use authority call could not be started.",
         }))
     }
 

@@ -46,6 +46,12 @@ macro_rules! failures {
             /// Every code, in table order, for defining one counter per code up front.
             pub const ALL_CODES: &'static [&'static str] = &[$($code),+];
 
+            /// One of each failure (fields at their defaults), for tests over the whole table.
+            #[cfg(test)]
+            fn every() -> Vec<Failure> {
+                vec![$( Failure::$variant $(( <$ty>::default() ))? $({ $($named: <$nty>::default()),+ })?, )+]
+            }
+
             fn row(self) -> Row {
                 match self {
                     $(
@@ -142,6 +148,14 @@ failures! {
         "The token introspection endpoint answered with an error status.", None, None;
     IntrospectionBadAnswer => 500, "introspection-bad-answer", SERVER,
         "The token introspection endpoint answered with an unreadable body.", None, None;
+    OtpAuthorityUnavailable => 500, "otp-authority-unavailable", SERVER,
+        "The one-time-use authority could not be reached.", None, None;
+    OtpAuthorityTimeout => 500, "otp-authority-timeout", SERVER,
+        "The one-time-use authority did not answer in time.", None, None;
+    OtpAuthorityError => 500, "otp-authority-error", SERVER,
+        "The one-time-use authority answered with an error status.", None, None;
+    OtpAuthorityBadAnswer => 500, "otp-authority-bad-answer", SERVER,
+        "The one-time-use authority answered with an unreadable body.", None, None;
     /// The proxy's clock could not be read: no time-bound decision can be made.
     ClockUnavailable => 500, "clock-unavailable", SERVER,
         "The proxy's clock could not be read.", None, None;
@@ -183,51 +197,7 @@ mod tests {
 
     #[test]
     fn all_codes_lists_every_variant_once() {
-        use Failure::*;
-        let every = [
-            MethodNotAllowed,
-            TokenMissing,
-            TokenMalformed(""),
-            TokenKeyUnknown,
-            TokenSignatureInvalid(""),
-            TokenExpired,
-            TokenNotYetValid,
-            TokenClaimsInvalid(""),
-            TokenInactive,
-            TokenRejected,
-            InsufficientScope,
-            NotAcceptable,
-            UnsupportedMediaType,
-            PayloadTooLarge,
-            BodyNotJson,
-            BodyInvalid(""),
-            FieldInvalid {
-                pointer: "",
-                detail: "",
-            },
-            CredentialsMissing,
-            Locked {
-                retry_after_seconds: 1,
-            },
-            InvalidCredentials,
-            UserNotFound,
-            OtpNotValid,
-            OtpRequired,
-            SharedStateUnavailable,
-            SingleUseLedgerFull,
-            MissingLinkedIdentity,
-            CredentialServiceUnavailable,
-            CredentialServiceTimeout,
-            CredentialServiceError,
-            CredentialServiceBadAnswer,
-            JwksUnavailable,
-            IntrospectionUnavailable,
-            IntrospectionTimeout,
-            IntrospectionError,
-            IntrospectionBadAnswer,
-            ClockUnavailable,
-            Internal(""),
-        ];
+        let every = Failure::every();
         let codes: Vec<&str> = every.iter().map(|f| f.code()).collect();
         assert_eq!(codes, Failure::ALL_CODES);
         for f in every {

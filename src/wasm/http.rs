@@ -287,10 +287,11 @@ impl Http {
         let mut cache = self.verified.as_ref().map(|c| c.borrow_mut());
         let step = exchange.on_answer(&ctx, cache.as_deref_mut(), status, &body);
         drop(cache);
-        if let (Some(stats), Some(result)) = (&self.stats, exchange.take_credential_result()) {
-            stats.credential(result);
-            stats.record(
-                stats.credential_latency_ms,
+        if let (Some(stats), Some((upstream, result))) = (&self.stats, exchange.take_call_result())
+        {
+            stats.call(
+                upstream,
+                result,
                 ctx.now_ms.saturating_sub(self.call_started_ms),
             );
         }

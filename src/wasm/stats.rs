@@ -8,18 +8,21 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MetricType, Status};
 
 use super::host;
+use crate::callout::Upstream;
 use crate::stats;
 
 /// Stat ids of this VM.
 pub struct Stats {
     pub outcomes: HashMap<&'static str, u32>,
     pub credential: HashMap<&'static str, u32>,
+    pub authority: HashMap<&'static str, u32>,
     pub jwks_ok: u32,
     pub jwks_failed: u32,
     pub corrupt_fenced: u32,
     pub single_use_records: u32,
     pub throttled_users: u32,
     pub credential_latency_ms: u32,
+    pub authority_latency_ms: u32,
     pub filter_time_us: u32,
 }
 
@@ -34,9 +37,15 @@ impl Stats {
         for result in stats::credential_results() {
             credential.insert(result, counter(&stats::credential(result))?);
         }
+        let mut authority = HashMap::new();
+        for result in stats::authority_results() {
+            authority.insert(result, counter(&stats::authority(result))?);
+        }
+        let histogram = |name: &str| hostcalls::define_metric(MetricType::Histogram, name);
         Ok(Stats {
             outcomes,
             credential,
+            authority,
             jwks_ok: counter(stats::JWKS_FETCH_OK)?,
             jwks_failed: counter(stats::JWKS_FETCH_FAILED)?,
             corrupt_fenced: counter(stats::SINGLE_USE_CORRUPT_FENCED)?,
@@ -45,11 +54,9 @@ impl Stats {
                 stats::SINGLE_USE_RECORDS,
             )?,
             throttled_users: hostcalls::define_metric(MetricType::Gauge, stats::THROTTLED_USERS)?,
-            credential_latency_ms: hostcalls::define_metric(
-                MetricType::Histogram,
-                stats::CREDENTIAL_LATENCY_MS,
-            )?,
-            filter_time_us: hostcalls::define_metric(MetricType::Histogram, stats::FILTER_TIME_US)?,
+            credential_latency_ms: histogram(stats::CREDENTIAL_LATENCY_MS)?,
+            authority_latency_ms: histogram(stats::AUTHORITY_LATENCY_MS)?,
+            filter_time_us: histogram(stats::FILTER_TIME_US)?,
         })
     }
 
@@ -64,8 +71,14 @@ impl Stats {
         self.count(self.outcomes.get(outcome));
     }
 
-    pub fn credential(&self, result: &str) {
-        self.count(self.credential.get(result));
+    /// A callout's answer, in its counter group, and how long the callout took.
+    pub fn call(&self, upstream: Upstream, result: &str, latency_ms: u64) {
+        let (counters, latency) = match upstream {
+            Upstream::Authority => (&self.authority, self.authority_latency_ms),
+            _ => (&self.credential, self.credential_latency_ms),
+        };
+        self.count(counters.get(result));
+        self.record(latency, latency_ms);
     }
 
     pub fn record(&self, id: u32, value: u64) {
