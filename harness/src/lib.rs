@@ -816,6 +816,9 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 }
 pub mod bench;
 pub mod h2c;
+mod postgres;
+
+pub use postgres::Postgres;
 
 /// A peer that answers every request with `prefix` (a status line, headers that promise a longer
 /// body, part of it) and then closes the connection, or first stalls for `stall`: an answer cut
