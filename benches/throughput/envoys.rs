@@ -1,4 +1,4 @@
-//! The five Envoys (A to E): the shipped envoy/envoy.yaml, edited by exact-text replacement, each
+//! The six Envoys (A to F): the shipped envoy/envoy.yaml, edited by exact-text replacement, each
 //! started with two workers and logging at `info`; their memory, and the filter's own histograms.
 
 use harness::bench::{admin_memory, envoy_pid, replace_once};
@@ -14,6 +14,7 @@ const WASM_FILTER_START: &str = "          - name: envoy.filters.http.wasm\n";
 const ROUTER_FILTER: &str = "          - name: envoy.filters.http.router\n";
 const CLUSTERS: &str = "  clusters:\n";
 const MAX_FAILURES: &str = r#""max_failures": 5,"#;
+const DECIDED_BY: &str = r#""decided_by": "#;
 
 /// (a): no wasm at all. The filter goes from `http_filters`, and its per-route config with it.
 fn without_wasm(c: String) -> String {
@@ -31,9 +32,9 @@ fn filter_on_catch_all(c: String) -> String {
     replace_once(&c, ROUTE_DISABLED, "")
 }
 
-/// (d), (e), (f), (g): a `/hop` route (filter disabled) to a `hop` cluster at the fast upstream
-/// stub, a `/peer/` route (filter disabled, prefix stripped) to the native peer service, and room
-/// for 100 failures per user so the verify scenario sees its 404s.
+/// (d) to (k): a `/hop` route (filter disabled) to a `hop` cluster at the fast upstream stub, a
+/// `/peer/` route (filter disabled, prefix stripped) to the native peer service, and room for 100
+/// failures per user so the code scenarios see their 404s and 403s.
 fn hop_and_throttle(c: String, hop_port: u16, peer_port: u16) -> String {
     let cluster = |name: &str, port: u16| {
         format!(
@@ -51,10 +52,23 @@ fn hop_and_throttle(c: String, hop_port: u16, peer_port: u16) -> String {
     );
     let c = replace_once(&c, CATCH_ALL_ROUTE, &routes);
     let c = replace_once(&c, CLUSTERS, &clusters);
+    // Room in the verified-token cache for two sets of code-scenario users ((g) and (j), or (i)
+    // and (k)), so none of them is verified cold.
+    let c = replace_once(&c, r#""cache_entries": 4096"#, r#""cache_entries": 10000"#);
     replace_once(&c, MAX_FAILURES, r#""max_failures": 100,"#)
 }
 
 const PEER_ROUTE: &str = "              - match: { prefix: \"/peer/\" }\n                route: { cluster: peer, timeout: 5s, prefix_rewrite: \"/\" }\n";
+
+/// (i), (k): config D with the one-time-use authority deciding (at the credential stub), so every
+/// code tried costs one more callout.
+fn with_authority(c: String) -> String {
+    let at = c
+        .find(DECIDED_BY)
+        .expect("otp.decided_by in the shipped config");
+    let end = at + c[at..].find(',').expect("a field after it");
+    format!("{}{DECIDED_BY}\"authority\"{}", &c[..at], &c[end..])
+}
 
 /// (h): config D with the bench-only floor filter (benches/floor-filter) in place of otp-filter.
 fn with_floor_filter(c: String) -> String {
@@ -124,15 +138,15 @@ impl Proxy {
     }
 }
 
-/// Starts A to E in front of the credential stub on `cred_port` (JWKS from `jwks_port`), D and E
-/// with routes to the hop stub and the native peer. E's floor filter must have been built.
-pub fn start_all(cred_port: u16, hop_port: u16, jwks_port: u16, peer_port: u16) -> [Proxy; 5] {
+/// Starts A to F in front of the credential stub on `cred_port` (JWKS from `jwks_port`), D, E and
+/// F with routes to the hop stub and the native peer. E's floor filter must have been built.
+pub fn start_all(cred_port: u16, hop_port: u16, jwks_port: u16, peer_port: u16) -> [Proxy; 6] {
     assert!(
         floor_wasm().exists(),
         "{} is missing: `make bench` builds it",
         floor_wasm().display()
     );
-    println!("starting five Envoys (--concurrency 2 each) ...");
+    println!("starting six Envoys (--concurrency 2 each) ...");
     [
         Proxy::start(
             "A: no wasm filter",
@@ -167,6 +181,13 @@ pub fn start_all(cred_port: u16, hop_port: u16, jwks_port: u16, peer_port: u16) 
             }),
             std::env::var_os("BENCH_H_WASM").is_some_and(|p| is_otp_filter(&p)),
         ),
+        Proxy::start(
+            "F: D with the authority deciding",
+            &demo_config_split(cred_port, jwks_port, |c| {
+                with_authority(hop_and_throttle(c, hop_port, peer_port))
+            }),
+            true,
+        ),
     ]
 }
 
@@ -191,7 +212,7 @@ pub fn memory_rows(proxies: &[Proxy], start: Vec<(u64, u64, Option<u64>)>) -> Ve
 }
 
 /// The filter's own histograms (cumulative p50 / p99): time spent in the VM per request (µs)
-/// and the credential callout's round trip (ms).
+/// and a callout's round trip (ms): the credential service's, or the authority's.
 pub struct FilterTime {
     pub filter_us: (f64, f64),
     pub callout_ms: (f64, f64),
@@ -199,6 +220,11 @@ pub struct FilterTime {
 
 impl FilterTime {
     pub fn read(envoy: &Envoy) -> Option<FilterTime> {
+        Self::read_callout(envoy, "credential_callout_ms")
+    }
+
+    /// As `read`, with the round trip of the callout whose histogram ends in `callout`.
+    pub fn read_callout(envoy: &Envoy, callout: &str) -> Option<FilterTime> {
         let stats = get(
             envoy.admin_port,
             "/stats?format=json&filter=otp_filter%5C.time",
@@ -224,10 +250,7 @@ impl FilterTime {
         };
         Some(FilterTime {
             filter_us: (at("filter_us", 50.0)?, at("filter_us", 99.0)?),
-            callout_ms: (
-                at("credential_callout_ms", 50.0)?,
-                at("credential_callout_ms", 99.0)?,
-            ),
+            callout_ms: (at(callout, 50.0)?, at(callout, 99.0)?),
         })
     }
 }

@@ -53,7 +53,7 @@ use cpu::CpuMeter;
 use envoys::{FilterTime, Proxy};
 use native_peer::NativePeer;
 use runs::{print_run, run_once};
-use scenarios::{verify_scenario, Scenario};
+use scenarios::{code_tokens, more_code_scenarios, verify_scenario_with, Scenario};
 use stub::FastStub;
 
 struct Settings {
@@ -127,7 +127,8 @@ fn main() {
     let memory_start: Vec<_> = proxies.iter().map(Proxy::memory_now).collect();
 
     let mut scenarios = scenarios::table(&settings);
-    let filter_time = run_rounds(&settings, &mut scenarios, &proxies, &stubs, &meter);
+    let (filter_time, authority_time) =
+        run_rounds(&settings, &mut scenarios, &proxies, &stubs, &meter);
     let memory = envoys::memory_rows(&proxies, memory_start);
 
     let report = report::report(
@@ -136,6 +137,7 @@ fn main() {
         &memory,
         &proxies,
         filter_time.as_ref(),
+        authority_time.as_ref(),
         wall.elapsed(),
     );
     println!("\n{report}");
@@ -143,17 +145,19 @@ fn main() {
     // The Envoys, the JWKS service and the stubs stop here (the handles kill their processes).
 }
 
-/// Rounds: every scenario once per round, in order. (g) joins at the end of the first round: its
-/// users are minted then, sized from the rates seen (unless BENCH_VERIFY_USERS). Returns the
-/// filter's own histograms, read after (e)'s first run.
+/// Rounds: every scenario once per round, in order. The code scenarios (g) to (k) join at the end
+/// of the first round: their users are minted then, sized from the rates seen (unless
+/// BENCH_VERIFY_USERS). Returns the filter's own histograms, read after (e)'s first run, and F's
+/// after (i)'s (the authority callout's round trip).
 fn run_rounds(
     settings: &Settings,
     scenarios: &mut Vec<Scenario>,
     proxies: &[Proxy],
     stubs: &[FastStub],
     meter: &CpuMeter,
-) -> Option<FilterTime> {
+) -> (Option<FilterTime>, Option<FilterTime>) {
     let mut filter_time: Option<FilterTime> = None;
+    let mut authority_time: Option<FilterTime> = None;
     for round in 0..settings.runs {
         for s in scenarios.iter_mut().filter(|s| s.error.is_none()) {
             let port = proxies[s.envoy].envoy.port;
@@ -168,23 +172,34 @@ fn run_rounds(
                 filter_time = FilterTime::read(&proxies[s.envoy].envoy);
             }
         }
-        if round == 0 && settings.enabled("(g)") {
-            let mut g = verify_scenario(settings, scenarios, &proxies[3]);
-            let run = run_once(
+        if round == 0 {
+            // The code scenarios join now, sized from the rates seen, and run their first round.
+            let mut late = Vec::new();
+            let verify_tokens = code_tokens(settings, scenarios, "bench-verify");
+            if settings.enabled("(g)") {
+                late.push(verify_scenario_with(settings, &verify_tokens, &proxies[3]));
+            }
+            late.extend(more_code_scenarios(
                 settings,
-                proxies[g.envoy].envoy.port,
-                &g,
-                stubs,
-                meter,
-                proxies[g.envoy].pid,
-            );
-            print_run(&g, round, &run);
-            g.error.clone_from(&run.error);
-            g.runs.push(run);
-            scenarios.push(g);
+                scenarios,
+                proxies,
+                &verify_tokens,
+            ));
+            for mut s in late {
+                let envoy = &proxies[s.envoy];
+                let run = run_once(settings, envoy.envoy.port, &s, stubs, meter, envoy.pid);
+                print_run(&s, round, &run);
+                s.error.clone_from(&run.error);
+                s.runs.push(run);
+                if s.key == "(i)" {
+                    thread::sleep(Duration::from_millis(5200));
+                    authority_time = FilterTime::read_callout(&envoy.envoy, "authority_callout_ms");
+                }
+                scenarios.push(s);
+            }
         }
     }
-    filter_time
+    (filter_time, authority_time)
 }
 
 /// bench/results.md and bench/results.png, unless the run is partial (BENCH_ONLY).

@@ -65,6 +65,7 @@ pub fn report(
     memory: &[MemoryRow],
     proxies: &[Proxy],
     filter_time: Option<&FilterTime>,
+    authority_time: Option<&FilterTime>,
     elapsed: Duration,
 ) -> String {
     let mut md = String::new();
@@ -74,7 +75,7 @@ pub fn report(
     notes(w, scenarios);
     ratios(w, scenarios);
     upstream_traffic(w, scenarios);
-    filter_histograms(w, filter_time);
+    filter_histograms(w, filter_time, authority_time);
     memory_and_size(w, scenarios, memory);
     machine(w, proxies);
     setup(w, settings, scenarios);
@@ -189,6 +190,8 @@ fn ratios(w: &mut String, scenarios: &[Scenario]) {
         ("(b)", "(a)", "≥ 0.98"),
         ("(c)", "(a)", "—"),
         ("(g)", "(d)", "—"),
+        ("(i)", "(g)", "verify: authority vs this Envoy deciding"),
+        ("(k)", "(j)", "gate: authority vs this Envoy deciding"),
         (
             "(h)",
             "(d)",
@@ -250,7 +253,11 @@ fn upstream_traffic(w: &mut String, scenarios: &[Scenario]) {
 }
 
 /// The filter's own time and callout histograms over (e)'s first run, when they were read.
-fn filter_histograms(w: &mut String, filter_time: Option<&FilterTime>) {
+fn filter_histograms(
+    w: &mut String,
+    filter_time: Option<&FilterTime>,
+    authority_time: Option<&FilterTime>,
+) {
     if let Some(t) = filter_time {
         writeln!(
             w,
@@ -258,6 +265,17 @@ fn filter_histograms(w: &mut String, filter_time: Option<&FilterTime>) {
              per request p50 {:.0} µs, p99 {:.0} µs (wall time, including the host calls made from \
              them, such as sending the callout and the reply); credential callout round trip p50 \
              {:.1} ms, p99 {:.1} ms. Envoy's histogram buckets, so coarse.",
+            t.filter_us.0, t.filter_us.1, t.callout_ms.0, t.callout_ms.1
+        )
+        .unwrap();
+    }
+    if let Some(t) = authority_time {
+        writeln!(
+            w,
+            "\nOver (i)'s first run (config F, the authority at the fast stub): time inside the \
+             filter's callbacks per request p50 {:.0} µs, p99 {:.0} µs; authority callout round \
+             trip p50 {:.1} ms, p99 {:.1} ms. The reference service's own latency on SQLite and \
+             PostgreSQL is measured by `make bench-authority`.",
             t.filter_us.0, t.filter_us.1, t.callout_ms.0, t.callout_ms.1
         )
         .unwrap();
@@ -346,13 +364,15 @@ fn setup(w: &mut String, settings: &Settings, scenarios: &[Scenario]) {
     writeln!(w, "\n## How each scenario is set up\n").unwrap();
     writeln!(
         w,
-        "- Five Envoys run side by side, each from `envoy/envoy.yaml` with small text edits: \
+        "- Six Envoys run side by side, each from `envoy/envoy.yaml` with small text edits: \
          **A** without the wasm filter (and its per-route config) for (a); **B** as shipped for \
          (b); **C** with the catch-all route's `disabled: true` removed for (c); **D** with a \
          `/hop` route (filter disabled) to a `hop` cluster, a `/peer/` route (filter disabled, \
-         prefix stripped) to the native peer, and `\"max_failures\": 100` for (d), (e), (f) and \
-         (g); **E** is D with `benches/floor-filter`'s .wasm instead of otp-filter's, for (h). \
-         Scenarios run round-robin, (a)…(h) per round, so drift spreads over all of them."
+         prefix stripped) to the native peer, `\"max_failures\": 100` and a 10,000-token cache \
+         for (d), (e), (f), (g) and (j); **E** is D with `benches/floor-filter`'s .wasm instead of \
+         otp-filter's, for (h); **F** is D with `\"decided_by\": \"authority\"` (the authority at \
+         the credential stub, which answers `counted` to a reported code), for (i) and (k). \
+         Scenarios run round-robin, (a)…(k) per round, so drift spreads over all of them."
     )
     .unwrap();
     writeln!(

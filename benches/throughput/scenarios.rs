@@ -281,8 +281,61 @@ const VERIFY_PER_USER: u64 = 95;
 /// worker with probability 2^-(n-1)).
 pub const PREWARM_CONNS: usize = 8;
 
-/// (g): mints the users, warms their tokens into both VMs' caches, and builds the scenario.
-pub fn verify_scenario(settings: &Settings, done: &[Scenario], proxy: &Proxy) -> Scenario {
+/// (g): warms `tokens` (also (i)'s) into both of D's VMs' caches, and builds the scenario.
+pub fn verify_scenario_with(settings: &Settings, tokens: &[String], proxy: &Proxy) -> Scenario {
+    prewarm(settings, tokens, proxy);
+    code_scenario(tokens, CodeRoute::Verify, Decider::Envoy)
+}
+
+/// Where a wrong code is tried.
+#[derive(Clone, Copy)]
+pub enum CodeRoute {
+    Verify,
+    /// The demo's payment gate (`POST /pay/…`, code in the JSON body).
+    Gate,
+}
+
+/// Who decides: this Envoy's shared data (D) or the one-time-use authority (F).
+#[derive(Clone, Copy)]
+pub enum Decider {
+    Envoy,
+    Authority,
+}
+
+/// (i), (j), (k): wrong codes on the verify route and the payment gate, with the authority
+/// deciding (F) and without (D). A user's throttle lives in one Envoy, so (i) takes (g)'s users
+/// on F, and (j) and (k) a second set, on D and on F: every user meets at most 95 wrong codes per
+/// Envoy, below `max_failures`. The tokens are warmed into the caches of the Envoy that uses them.
+pub fn more_code_scenarios(
+    settings: &Settings,
+    done: &[Scenario],
+    proxies: &[Proxy],
+    verify_tokens: &[String],
+) -> Vec<Scenario> {
+    let mut out = Vec::new();
+    if settings.enabled("(i)") {
+        prewarm(settings, verify_tokens, &proxies[5]);
+        out.push(code_scenario(
+            verify_tokens,
+            CodeRoute::Verify,
+            Decider::Authority,
+        ));
+    }
+    if settings.enabled("(j)") || settings.enabled("(k)") {
+        let gate_tokens = code_tokens(settings, done, "bench-gate");
+        for (key, proxy, decider) in [("(j)", 3, Decider::Envoy), ("(k)", 5, Decider::Authority)] {
+            if settings.enabled(key) {
+                prewarm(settings, &gate_tokens, &proxies[proxy]);
+                out.push(code_scenario(&gate_tokens, CodeRoute::Gate, decider));
+            }
+        }
+    }
+    out
+}
+
+/// Tokens for users `<prefix>-<i>`, one user per VERIFY_PER_USER requests of a run at the rates
+/// seen so far.
+pub fn code_tokens(settings: &Settings, done: &[Scenario], prefix: &str) -> Vec<String> {
     let users = if settings.verify_users > 0 {
         settings.verify_users
     } else {
@@ -299,9 +352,13 @@ pub fn verify_scenario(settings: &Settings, done: &[Scenario], proxy: &Proxy) ->
     .clamp(settings.conns, 4000);
     println!("minting {users} verify tokens (one user per {VERIFY_PER_USER} requests) ...");
     let claims: Vec<String> = (0..users)
-        .map(|i| format!(r#"{{"sub":"bench-verify-{i}","scope":"user:otp:verify"}}"#))
+        .map(|i| format!(r#"{{"sub":"{prefix}-{i}","scope":"user:otp:verify"}}"#))
         .collect();
-    let tokens = mint_with_claims(&claims);
+    mint_with_claims(&claims)
+}
+
+/// Probes every token on PREWARM_CONNS connections of `proxy`, so both its VMs cache it.
+fn prewarm(settings: &Settings, tokens: &[String], proxy: &Proxy) {
     // A 406 (Accept) is answered after the token check and before the throttle: it caches the
     // token without counting an attempt.
     let probes: Vec<Vec<u8>> = tokens
@@ -337,20 +394,55 @@ pub fn verify_scenario(settings: &Settings, done: &[Scenario], proxy: &Proxy) ->
             });
         }
     });
-    let requests = tokens
-        .iter()
-        .map(|t| json_post(VERIFY_PATH, t, r#"{"otp":"000000"}"#))
-        .collect();
+}
+
+fn code_scenario(tokens: &[String], route: CodeRoute, decider: Decider) -> Scenario {
+    let (path, body, refused) = match route {
+        CodeRoute::Verify => (VERIFY_PATH, r#"{"otp":"000000"}"#, 404),
+        CodeRoute::Gate => (
+            "/pay/2021-2/transactions/42/authorize",
+            r#"{"data":{"attributes":{"twoFactor":{"method":"pin","otp":"000000"}}}}"#,
+            403,
+        ),
+    };
+    let requests = tokens.iter().map(|t| json_post(path, t, body)).collect();
+    let (key, what, envoy, expect): (&str, &str, usize, &'static [u16]) = match (route, decider) {
+        (CodeRoute::Verify, Decider::Envoy) => (
+            "(g)",
+            "POST /user/2022-1/user/otp/verify, wrong code (throttle counted)",
+            3,
+            &[404, 429],
+        ),
+        (CodeRoute::Verify, Decider::Authority) => (
+            "(i)",
+            "(g) with the authority deciding: each wrong code reported (one callout)",
+            5,
+            &[404, 429],
+        ),
+        (CodeRoute::Gate, Decider::Envoy) => (
+            "(j)",
+            "POST /pay/… gate, wrong code in the body (throttle counted)",
+            3,
+            &[403, 429],
+        ),
+        (CodeRoute::Gate, Decider::Authority) => (
+            "(k)",
+            "(j) with the authority deciding: each wrong code reported (one callout)",
+            5,
+            &[403, 429],
+        ),
+    };
+    debug_assert!(expect.contains(&refused));
     Scenario {
-        key: "(g)",
-        what: "POST /user/2022-1/user/otp/verify, wrong code (throttle counted)",
-        envoy: 3,
+        key,
+        what,
+        envoy,
         pick: Pick::Rotate {
             requests,
             per: VERIFY_PER_USER,
             next: AtomicU64::new(0),
         },
-        expect: &[404, 429],
+        expect,
         stub: Some(0),
         runs: Vec::new(),
         error: None,

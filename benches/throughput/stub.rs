@@ -11,6 +11,23 @@ use harness::bench::head_end;
 use crate::http::{content_length, header, wants_close};
 
 const STUB_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 18\r\n\r\n{\"result\":\"valid\"}";
+/// The one-time-use authority's rulings, for (i) and (k): a reported wrong code is counted, a
+/// valid one consumed.
+const COUNTED_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n{\"result\":\"counted\"}";
+const CONSUMED_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 21\r\n\r\n{\"result\":\"consumed\"}";
+
+/// The answer for a request head: by its path, the authority's two endpoints or a verdict.
+fn answer_for(head: &[u8]) -> &'static [u8] {
+    let line_end = head.iter().position(|b| *b == b'\r').unwrap_or(head.len());
+    let line = &head[..line_end];
+    if line.windows(16).any(|w| w == b"/v1/otp/failure ") {
+        COUNTED_ANSWER
+    } else if line.windows(16).any(|w| w == b"/v1/otp/consume ") {
+        CONSUMED_ANSWER
+    } else {
+        STUB_ANSWER
+    }
+}
 
 #[derive(Default)]
 struct StubCounters {
@@ -30,8 +47,8 @@ pub struct StubSnapshot {
     pub unframed: u64,
 }
 
-/// Answers every request with `{"result":"valid"}` in one write. Thread per connection; the
-/// threads end with their connection or with the process.
+/// Answers every request in one write: `{"result":"valid"}`, or the authority's ruling on its
+/// two paths. Thread per connection; the threads end with their connection or with the process.
 pub struct FastStub {
     pub port: u16,
     counters: Arc<StubCounters>,
@@ -84,7 +101,7 @@ fn stub_connection(mut conn: TcpStream, counters: &StubCounters) {
                 break;
             }
             let close = wants_close(head);
-            if conn.write_all(STUB_ANSWER).is_err() {
+            if conn.write_all(answer_for(head)).is_err() {
                 return;
             }
             counters.requests.fetch_add(1, Ordering::Relaxed);
