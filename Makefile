@@ -13,7 +13,7 @@ TOKEN_BIN     := target/release/demo-token
 # DEV ONLY: the callout secret the demo Envoy config sends (envoy/envoy.yaml).
 DEMO_CALLOUT_AUTH := Bearer dev-only-credential-secret
 
-.PHONY: all build wasm-target run token test validate lint layout clean build-crash-test bench-native bench-envoy fuzz fuzz-smoke fuzz-tools bench soak
+.PHONY: all build wasm-target run token test validate lint layout clean build-crash-test bench-native bench-envoy bench-authority fuzz fuzz-smoke fuzz-tools bench soak soak-fleet
 
 all: build
 
@@ -108,6 +108,11 @@ bench-native:
 bench-envoy: build $(ENVOY_STAMP)
 	cargo bench --bench in_envoy
 
+# The one-time-use authority's own latency (consume, failure report, and a PIN check to compare)
+# on SQLite and on a real PostgreSQL started for the run. Never part of `make test`.
+bench-authority: build
+	cargo bench --bench authority
+
 # Throughput in Envoy (--concurrency 2) against plain-Envoy baselines, medians of 3 runs; writes
 # bench/results.md and bench/results.png. About 3 minutes. Never part of `make test`.
 bench: build $(ENVOY_STAMP)
@@ -121,6 +126,13 @@ bench: build $(ENVOY_STAMP)
 SOAK_SECONDS ?= 300
 soak: build $(ENVOY_STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) cargo bench --bench soak
+
+# The fleet variant: three Envoys, two credential-service replicas on a real PostgreSQL (started
+# for the run), the authority deciding; fails on an unexpected status, a code accepted twice
+# (by the clients and by the store), 10% memory growth, or a VM failure. Knobs: see
+# benches/soak_fleet.rs. Never part of `make test`.
+soak-fleet: build $(ENVOY_STAMP)
+	SOAK_SECONDS=$(SOAK_SECONDS) cargo bench --bench soak_fleet
 
 clean:
 	cargo clean

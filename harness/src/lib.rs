@@ -815,9 +815,11 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 pub mod bench;
+mod fleet;
 pub mod h2c;
 mod postgres;
 
+pub use fleet::{fleet_config, Fleet};
 pub use postgres::Postgres;
 
 /// A peer that answers every request with `prefix` (a status line, headers that promise a longer

@@ -149,6 +149,24 @@ impl Postgres {
             .is_ok_and(|s| s.success())
     }
 
+    /// The single number `sql` (a count) answers in database `db`, if it answers one.
+    pub fn count(&self, db: &str, sql: &str) -> Option<u64> {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", db, "-X", "-t", "-A", "-c", sql])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    }
+
     /// A URL for database `db`, created if it does not exist yet.
     pub fn database_url(&self, db: &str) -> String {
         assert!(
