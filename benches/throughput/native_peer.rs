@@ -16,13 +16,13 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use harness::bench::head_end;
-use otp_filter::token::cache::ClaimsCache;
 use otp_filter::config::{self, Config};
 use otp_filter::flow::{self, Ctx, Exchange, RequestHead, Step, TokenState};
-use otp_filter::token::jwks::RemoteJwks;
 use otp_filter::request::request_id::{self, XidGenerator};
 use otp_filter::state::store::{SharedStore, StoreError};
 use otp_filter::state::{single_use, throttle};
+use otp_filter::token::cache::ClaimsCache;
+use otp_filter::token::jwks::RemoteJwks;
 
 use crate::http::{content_length, header};
 
