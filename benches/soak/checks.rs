@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use harness::*;
-use otp_filter::metrics::sanitize;
+use otp_filter::stats::sanitize;
 
 use crate::audit::{audit_log, LogAudit};
 use crate::load::Load;

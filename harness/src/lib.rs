@@ -147,7 +147,11 @@ impl CredentialService {
             .env("INTROSPECTION_CLIENT_SECRET", INTROSPECTION_SECRET)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            // HARNESS_SERVICE_LOGS=1 shows the service's log lines, for debugging a test.
+            .stderr(match std::env::var_os("HARNESS_SERVICE_LOGS") {
+                Some(_) => Stdio::inherit(),
+                None => Stdio::null(),
+            });
         let mut child = guarded(&mut cmd).spawn().expect("start credential-service");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
