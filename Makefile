@@ -85,7 +85,7 @@ build-crash-test: wasm-target
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly) of every parser that sees untrusted
 # bytes. `make fuzz` runs each target FUZZ_SECONDS; `make fuzz-smoke` is the short run `make test`
 # does. New inputs go to a temporary directory; the committed seeds in fuzz/corpus stay as they are.
-FUZZ_TARGETS := body negotiation token answers config
+FUZZ_TARGETS := body negotiation token answers config credential_bodies
 FUZZ_SECONDS ?= 60
 
 fuzz-tools:
