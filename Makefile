@@ -12,6 +12,8 @@ SERVICE       := target/release/credential-service
 TOKEN_BIN     := target/release/demo-token
 # DEV ONLY: the callout secret the demo Envoy config sends (envoy/envoy.yaml).
 DEMO_CALLOUT_AUTH := Bearer dev-only-credential-secret
+# The demo's user store: a SQLite file, created and seeded with the demo users on first use.
+DEMO_DATABASE_URL := sqlite://target/demo-credentials.db
 
 .PHONY: all build wasm-target run token test validate lint layout clean build-crash-test bench-native bench-envoy bench-authority fuzz fuzz-smoke fuzz-tools bench soak soak-fleet
 
@@ -38,7 +40,8 @@ token:
 
 run: build $(ENVOY_STAMP)
 	@trap 'kill $$svc $$envoy 2>/dev/null || true; wait 2>/dev/null; echo; echo "stopped"' EXIT; \
-	CREDENTIAL_SERVICE_AUTH="$(DEMO_CALLOUT_AUTH)" $(SERVICE) --listen 127.0.0.1:10001 --jwks-file envoy/dev-keys/jwks.json & svc=$$!; \
+	CREDENTIAL_SERVICE_AUTH="$(DEMO_CALLOUT_AUTH)" $(SERVICE) --listen 127.0.0.1:10001 --jwks-file envoy/dev-keys/jwks.json \
+	  --database-url $(DEMO_DATABASE_URL) --seed-demo-users & svc=$$!; \
 	$(ENVOY) -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l warn --component-log-level wasm:info & envoy=$$!; \
 	for _ in $$(seq 100); do curl -sf -o /dev/null 127.0.0.1:9901/ready && break; sleep 0.1; done; \
 	echo; echo "Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901); credential service and JWKS on 127.0.0.1:10001."; \
@@ -82,7 +85,7 @@ build-crash-test: wasm-target
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly) of every parser that sees untrusted
 # bytes. `make fuzz` runs each target FUZZ_SECONDS; `make fuzz-smoke` is the short run `make test`
 # does. New inputs go to a temporary directory; the committed seeds in fuzz/corpus stay as they are.
-FUZZ_TARGETS := body negotiation token answers config
+FUZZ_TARGETS := body negotiation token answers config credential_bodies
 FUZZ_SECONDS ?= 60
 
 fuzz-tools:

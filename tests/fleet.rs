@@ -227,7 +227,7 @@ fn no_code_is_accepted_while_the_store_is_down() {
     let before = fleet.echo.requests();
     assert_error(&gate(fleet.port(2), &code), 500, "otp-authority-error");
     assert_eq!(fleet.echo.requests(), before, "no gate opened");
-    fleet.pg.start_again();
+    fleet.pg.restart();
     // A code not yet used is accepted once; the one tried while the store was down was burnt
     // on the Envoys that tried it, and stays refused there.
     let fresh = fresh_code(fleet.port(0), &t, &mut used);

@@ -18,7 +18,7 @@ use rsa::traits::PublicKeyParts;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
-use crate::service::auth_matches;
+use crate::auth::auth_matches;
 
 /// An active answer carries every claim of the token, as Keycloak's does (RFC 7662 §2.2 allows
 /// any), so that claim rules such as a linked identity hold in introspection mode as in the

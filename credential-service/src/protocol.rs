@@ -1,11 +1,15 @@
-//! The wire contract of `POST /v1/credentials/verify`.
+//! The wire contract of `POST /v1/credentials/verify`, `POST /v1/otp/consume` and
+//! `POST /v1/otp/failure` (docs/credential-protocol.md).
 //!
-//! Request body: `{"user":"<user id>","kind":"password"|"pin","secret":"<value>"}`.
+//! Verify body: `{"user":"<user id>","kind":"password"|"pin","secret":"<value>"}`.
+//! Consume body: `{"user":"<id>","keyId":"<master key id>","step":<u64>,"expiresAtMs":<u64>}`.
+//! Failure body: `{"user":"<id>"}`.
 //! Every verdict is HTTP 200 `application/json`; errors are 4xx with `{"error":"..."}`.
 
 use std::fmt;
 
 use serde::Deserialize;
+use zeroize::Zeroize;
 
 /// Largest request body accepted, in bytes. Anything longer is a 400.
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
@@ -36,6 +40,12 @@ pub struct VerifyRequest {
     pub secret: String,
 }
 
+impl Drop for VerifyRequest {
+    fn drop(&mut self) {
+        self.secret.zeroize();
+    }
+}
+
 impl fmt::Debug for VerifyRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifyRequest")
@@ -55,6 +65,11 @@ pub struct BadRequest;
 /// fields `user`, `kind` (`"password"` or `"pin"`) and `secret`, nothing else, at most
 /// [`MAX_BODY_BYTES`].
 pub fn parse_verify_body(body: &[u8]) -> Result<VerifyRequest, BadRequest> {
+    parse_object(body)
+}
+
+/// One JSON object of the derived shape `T`, at most [`MAX_BODY_BYTES`].
+fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BadRequest> {
     if body.len() > MAX_BODY_BYTES {
         return Err(BadRequest);
     }
@@ -65,6 +80,128 @@ pub fn parse_verify_body(body: &[u8]) -> Result<VerifyRequest, BadRequest> {
         _ => return Err(BadRequest),
     }
     serde_json::from_slice(body).map_err(|_| BadRequest)
+}
+
+/// Longest user id or key id accepted by the one-time-code endpoints, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+fn id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control)
+}
+
+/// A parsed `POST /v1/otp/consume`: the code minted for `user` with master key `key_id` in time
+/// step `step`, valid until `expires_at_ms` (unix milliseconds). Both numbers fit an `i64`, as
+/// the store keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumeRequest {
+    pub user: String,
+    pub key_id: String,
+    pub step: i64,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ConsumeWire {
+    user: String,
+    key_id: String,
+    step: u64,
+    expires_at_ms: u64,
+}
+
+/// Parses a consume body strictly: the four fields, nothing else; ids non-empty, at most
+/// [`MAX_ID_BYTES`], without control characters; numbers non-negative integers below 2^63.
+pub fn parse_consume_body(body: &[u8]) -> Result<ConsumeRequest, BadRequest> {
+    let wire: ConsumeWire = parse_object(body)?;
+    if !id_ok(&wire.user) || !id_ok(&wire.key_id) {
+        return Err(BadRequest);
+    }
+    Ok(ConsumeRequest {
+        user: wire.user,
+        key_id: wire.key_id,
+        step: i64::try_from(wire.step).map_err(|_| BadRequest)?,
+        expires_at_ms: i64::try_from(wire.expires_at_ms).map_err(|_| BadRequest)?,
+    })
+}
+
+/// A parsed `POST /v1/otp/failure`: a wrong code was tried for `user`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRequest {
+    pub user: String,
+}
+
+/// Parses a failure body strictly: exactly `{"user":"<id>"}` with a usable id.
+pub fn parse_failure_body(body: &[u8]) -> Result<FailureRequest, BadRequest> {
+    let req: FailureRequest = parse_object(body)?;
+    if !id_ok(&req.user) {
+        return Err(BadRequest);
+    }
+    Ok(req)
+}
+
+/// The answer to `POST /v1/otp/consume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeVerdict {
+    /// First use, fleet-wide: the code is accepted.
+    Consumed,
+    /// Already consumed and not expired.
+    Used,
+    /// The user's budget is spent; nothing was recorded.
+    Locked { retry_after_seconds: u64 },
+}
+
+impl ConsumeVerdict {
+    pub fn result_str(self) -> &'static str {
+        match self {
+            ConsumeVerdict::Consumed => "consumed",
+            ConsumeVerdict::Used => "used",
+            ConsumeVerdict::Locked { .. } => "locked",
+        }
+    }
+
+    pub fn to_json(self) -> String {
+        match self {
+            ConsumeVerdict::Locked {
+                retry_after_seconds,
+            } => locked_json(retry_after_seconds),
+            other => format!(r#"{{"result":"{}"}}"#, other.result_str()),
+        }
+    }
+}
+
+/// The answer to `POST /v1/otp/failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureVerdict {
+    /// Counted against the user's budget, which is not spent yet.
+    Counted,
+    /// The budget is spent (by this failure or before it).
+    Locked { retry_after_seconds: u64 },
+}
+
+impl FailureVerdict {
+    pub fn result_str(self) -> &'static str {
+        match self {
+            FailureVerdict::Counted => "counted",
+            FailureVerdict::Locked { .. } => "locked",
+        }
+    }
+
+    pub fn to_json(self) -> String {
+        match self {
+            FailureVerdict::Locked {
+                retry_after_seconds,
+            } => locked_json(retry_after_seconds),
+            FailureVerdict::Counted => r#"{"result":"counted"}"#.to_owned(),
+        }
+    }
+}
+
+fn locked_json(retry_after_seconds: u64) -> String {
+    format!(
+        r#"{{"result":"locked","retryAfterSeconds":{}}}"#,
+        retry_after_seconds.max(1)
+    )
 }
 
 /// The answer to a well-formed, authorised verify request.
@@ -99,10 +236,7 @@ impl Verdict {
         match self {
             Verdict::Locked {
                 retry_after_seconds,
-            } => format!(
-                r#"{{"result":"locked","retryAfterSeconds":{}}}"#,
-                retry_after_seconds.max(1)
-            ),
+            } => locked_json(retry_after_seconds),
             other => format!(r#"{{"result":"{}"}}"#, other.result_str()),
         }
     }
@@ -184,6 +318,87 @@ mod tests {
     fn debug_redacts_secret() {
         let r = parse_verify_body(br#"{"user":"u","kind":"pin","secret":"8299"}"#).unwrap();
         assert!(!format!("{r:?}").contains("8299"));
+    }
+
+    #[test]
+    fn consume_and_failure_bodies() {
+        let r = parse_consume_body(
+            br#"{"user":"demo-user","keyId":"k1","step":29000000,"expiresAtMs":1740000000000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            ConsumeRequest {
+                user: "demo-user".into(),
+                key_id: "k1".into(),
+                step: 29_000_000,
+                expires_at_ms: 1_740_000_000_000
+            }
+        );
+        let max = i64::MAX;
+        assert!(parse_consume_body(
+            format!(r#"{{"user":"u","keyId":"k","step":{max},"expiresAtMs":{max}}}"#).as_bytes()
+        )
+        .is_ok());
+        let bad: &[&[u8]] = &[
+            b"",
+            b"[]",
+            br#"["u","k",1,2]"#,
+            br#"{"user":"u","keyId":"k","step":1}"#,
+            br#"{"user":"u","keyId":"k","step":1,"expiresAtMs":2,"x":1}"#,
+            br#"{"user":"","keyId":"k","step":1,"expiresAtMs":2}"#,
+            br#"{"user":"u","keyId":"","step":1,"expiresAtMs":2}"#,
+            br#"{"user":"u\n","keyId":"k","step":1,"expiresAtMs":2}"#,
+            br#"{"user":"u","keyId":"k","step":-1,"expiresAtMs":2}"#,
+            br#"{"user":"u","keyId":"k","step":1.5,"expiresAtMs":2}"#,
+            br#"{"user":"u","keyId":"k","step":"1","expiresAtMs":2}"#,
+            br#"{"user":"u","keyId":"k","step":9223372036854775808,"expiresAtMs":2}"#,
+            br#"{"user":"u","key_id":"k","step":1,"expiresAtMs":2}"#,
+            br#"{"user":"u","user":"v","keyId":"k","step":1,"expiresAtMs":2}"#,
+        ];
+        for body in bad {
+            assert_eq!(
+                parse_consume_body(body),
+                Err(BadRequest),
+                "accepted {:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            parse_failure_body(br#" {"user":"someone"} "#).unwrap().user,
+            "someone"
+        );
+        let long = format!(r#"{{"user":"{}"}}"#, "u".repeat(MAX_ID_BYTES + 1));
+        for body in [
+            &b"{}"[..],
+            br#"{"user":""}"#,
+            br#"{"user":1}"#,
+            br#"{"user":"u","kind":"pin"}"#,
+            br#"["u"]"#,
+            long.as_bytes(),
+        ] {
+            assert_eq!(parse_failure_body(body), Err(BadRequest));
+        }
+        assert_eq!(
+            ConsumeVerdict::Consumed.to_json(),
+            r#"{"result":"consumed"}"#
+        );
+        assert_eq!(ConsumeVerdict::Used.to_json(), r#"{"result":"used"}"#);
+        assert_eq!(
+            ConsumeVerdict::Locked {
+                retry_after_seconds: 0
+            }
+            .to_json(),
+            r#"{"result":"locked","retryAfterSeconds":1}"#
+        );
+        assert_eq!(FailureVerdict::Counted.to_json(), r#"{"result":"counted"}"#);
+        assert_eq!(
+            FailureVerdict::Locked {
+                retry_after_seconds: 7
+            }
+            .to_json(),
+            r#"{"result":"locked","retryAfterSeconds":7}"#
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod postgres;
+
 pub const CALLOUT_AUTH: &str = "Bearer dev-only-credential-secret";
 pub const INTROSPECTION_SECRET: &str = "dev-only-introspection-secret";
 
@@ -76,7 +78,7 @@ impl Drop for Proc {
     }
 }
 
-fn scratch_dir() -> PathBuf {
+pub fn scratch_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "otp-filter-e2e-{}-{}",
@@ -92,6 +94,8 @@ fn scratch_dir() -> PathBuf {
 
 pub struct CredentialService {
     pub port: u16,
+    /// The database URL it was started with (a fresh SQLite file unless the caller gave one).
+    pub database_url: String,
     _proc: Proc,
 }
 
@@ -99,18 +103,55 @@ pub fn dev_jwks_file() -> PathBuf {
     built(root().join("envoy/dev-keys/jwks.json"))
 }
 
+/// A fresh SQLite database URL in a scratch directory.
+pub fn scratch_sqlite_url() -> String {
+    format!(
+        "sqlite://{}",
+        scratch_dir().join("credentials.db").display()
+    )
+}
+
 impl CredentialService {
-    /// Starts the service; it publishes the dev JWKS unless `extra_args` name another file.
+    /// Starts the release service on a fresh SQLite store with the demo users; it publishes the
+    /// dev JWKS unless `extra_args` name another file.
     pub fn start(extra_args: &[&str]) -> Self {
-        let mut cmd = Command::new(service_bin());
-        cmd.args(["--listen", "127.0.0.1:0"]).args(extra_args);
+        Self::start_bin(&service_bin(), extra_args, &[])
+    }
+
+    /// Starts `bin` (a credential-service binary) with the test auth and introspection secrets
+    /// and `env`, on `--database-url` from `extra_args` or else a fresh SQLite file, seeding the
+    /// demo users unless `extra_args` contain `--no-seed` (which is not passed on).
+    pub fn start_bin(bin: &std::path::Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(bin);
+        let args: Vec<&str> = extra_args
+            .iter()
+            .copied()
+            .filter(|a| *a != "--no-seed")
+            .collect();
+        cmd.args(["--listen", "127.0.0.1:0"]).args(&args);
         if !extra_args.contains(&"--jwks-file") {
             cmd.arg("--jwks-file").arg(dev_jwks_file());
         }
+        let database_url = match extra_args.iter().position(|a| *a == "--database-url") {
+            Some(i) => extra_args[i + 1].to_owned(),
+            None => {
+                let url = scratch_sqlite_url();
+                cmd.args(["--database-url", &url]);
+                url
+            }
+        };
+        if !extra_args.contains(&"--no-seed") && !extra_args.contains(&"--seed-demo-users") {
+            cmd.arg("--seed-demo-users");
+        }
         cmd.env("CREDENTIAL_SERVICE_AUTH", CALLOUT_AUTH)
             .env("INTROSPECTION_CLIENT_SECRET", INTROSPECTION_SECRET)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            // HARNESS_SERVICE_LOGS=1 shows the service's log lines, for debugging a test.
+            .stderr(match std::env::var_os("HARNESS_SERVICE_LOGS") {
+                Some(_) => Stdio::inherit(),
+                None => Stdio::null(),
+            });
         let mut child = guarded(&mut cmd).spawn().expect("start credential-service");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
@@ -125,6 +166,7 @@ impl CredentialService {
             .unwrap_or_else(|| panic!("unexpected first line from credential-service: {line:?}"));
         CredentialService {
             port,
+            database_url,
             _proc: Proc(child),
         }
     }
@@ -817,7 +859,6 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 pub mod bench;
 mod fleet;
 pub mod h2c;
-mod postgres;
 
 pub use fleet::{fleet_config, Fleet};
 pub use postgres::Postgres;

@@ -1,148 +1,182 @@
-//! A real PostgreSQL server for tests: Debian's `postgresql` package (installed by `.ci/run`),
-//! a fresh cluster in a scratch directory, on a port the OS picked, stopped and removed on drop.
-//! PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user.
+//! A throwaway PostgreSQL cluster for tests: `initdb` into a scratch directory, `postgres`
+//! listening only on a unix socket in that directory (so no port can clash), killed on drop.
+//!
+//! Uses Debian's `postgresql` package (`.ci/run` installs it), never a system cluster. PostgreSQL
+//! refuses to run as root, so under root the cluster runs as the `postgres` user, in a directory
+//! it owns; the processes are still our children (setuid in the child, no `runuser` in between),
+//! so they die with the test through PR_SET_PDEATHSIG like every other process here.
 
-use std::ffi::CString;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{guarded, scratch_dir, Proc};
+/// The socket's "port": only the socket file's name, since nothing listens on TCP.
+const PORT: u16 = 5432;
 
-pub struct Postgres {
-    pub port: u16,
-    bin: PathBuf,
-    data: PathBuf,
-    user: Option<(u32, u32)>,
-    server: Option<Proc>,
-}
-
-/// The newest `/usr/lib/postgresql/<version>/bin`.
 fn bin_dir() -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
-        .filter_map(|e| Some(e.ok()?.path().join("bin")))
-        .filter(|p| p.join("postgres").exists())
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .expect("no PostgreSQL server binaries under /usr/lib/postgresql")
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| {
+            dirs.filter_map(|d| d.ok().map(|d| d.path().join("bin")))
+                .filter(|bin| bin.join("postgres").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres): \
+             apt-get install postgresql (.ci/run does)"
+        )
+    })
 }
 
-/// The `postgres` user's uid and gid when running as root; `None` otherwise.
-fn server_user() -> Option<(u32, u32)> {
-    // SAFETY: plain libc calls on a NUL-terminated name; the result is read at once.
+/// uid and gid to run as: `postgres` when we are root, else ourselves.
+fn identity() -> Option<(u32, u32)> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = std::ffi::CString::new("postgres").unwrap();
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "no `postgres` user: apt-get install postgresql"
+    );
+    let pw = unsafe { &*pw };
+    Some((pw.pw_uid, pw.pw_gid))
+}
+
+fn as_owner(cmd: &mut Command, who: Option<(u32, u32)>) -> &mut Command {
+    if let Some((uid, gid)) = who {
+        cmd.uid(uid).gid(gid);
+    }
+    // After the uid change (std runs pre_exec closures last), so the death signal survives it.
     unsafe {
-        if libc::geteuid() != 0 {
-            return None;
-        }
-        let name = CString::new("postgres").ok()?;
-        let pw = libc::getpwnam(name.as_ptr());
-        assert!(
-            !pw.is_null(),
-            "no postgres user: apt-get install postgresql"
-        );
-        Some(((*pw).pw_uid, (*pw).pw_gid))
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
     }
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+fn chown(path: &Path, who: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = who {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(
+            unsafe { libc::chown(c.as_ptr(), uid, gid) },
+            0,
+            "chown {}",
+            path.display()
+        );
+    }
+}
+
+pub struct Postgres {
+    dir: PathBuf,
+    who: Option<(u32, u32)>,
+    child: Option<Child>,
 }
 
 impl Postgres {
-    /// initdb (trust auth for local connections; a test cluster only) and start the server.
-    pub fn start() -> Postgres {
-        let bin = bin_dir();
-        let user = server_user();
-        let data = scratch_dir().join("pgdata");
-        std::fs::create_dir_all(&data).expect("pg data dir");
-        if let Some((uid, gid)) = user {
-            chown_all(data.parent().expect("scratch"), uid, gid);
-        }
-        let mut initdb = Command::new(bin.join("initdb"));
-        initdb
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "-D",
-            ])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        as_user(&mut initdb, user);
-        let out = initdb.output().expect("run initdb");
+    /// A new cluster, started and accepting connections.
+    pub fn start() -> Self {
+        let dir = crate::scratch_dir().join("pg");
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        let who = identity();
+        chown(&dir, who);
+        let out = as_owner(
+            Command::new(bin_dir().join("initdb"))
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "-N",
+                    "-D",
+                ])
+                .arg(dir.join("data")),
+            who,
+        )
+        .output()
+        .expect("run initdb");
         assert!(
             out.status.success(),
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let mut pg = Postgres {
-            port: free_port(),
-            bin,
-            data,
-            user,
-            server: None,
+            dir,
+            who,
+            child: None,
         };
-        pg.start_again();
+        pg.run();
         pg
     }
 
-    /// Starts the server (again, after `stop`) on the same port and data, and waits until it
-    /// accepts connections.
-    pub fn start_again(&mut self) {
-        assert!(self.server.is_none(), "already running");
-        let mut cmd = Command::new(self.bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(&self.data)
-            .args(["-p", &self.port.to_string(), "-k"])
-            .arg(&self.data)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(["-c", "max_connections=200"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        as_user(&mut cmd, self.user);
-        self.server = Some(Proc(guarded(&mut cmd).spawn().expect("start postgres")));
+    fn log(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    fn run(&mut self) {
+        let log = std::fs::File::create(self.log()).expect("pg log");
+        chown(&self.log(), self.who);
+        let child = as_owner(
+            Command::new(bin_dir().join("postgres"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-k")
+                .arg(&self.dir)
+                .args(["-p", &PORT.to_string()])
+                .args(["-c", "listen_addresses="])
+                // fsync off: a killed server loses nothing (the OS has the WAL), only a crashed machine would.
+                .args(["-c", "fsync=off"])
+                .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+                .args(["-c", "shared_buffers=32MB"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+            self.who,
+        )
+        .spawn()
+        .expect("start postgres");
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.query("postgres", "SELECT 1") {
-            assert!(Instant::now() < deadline, "PostgreSQL not ready after 30 s");
+        while !std::fs::read_to_string(self.log())
+            .unwrap_or_default()
+            .contains("ready to accept connections")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                std::fs::read_to_string(self.log()).unwrap_or_default()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// Stops the server at once (SIGINT: fast shutdown, as an outage would look to clients).
-    pub fn stop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            // SAFETY: signalling our own child by pid.
-            unsafe {
-                libc::kill(server.0.id() as i32, libc::SIGINT);
-            }
-            let _ = server.0.wait();
-        }
+    /// The URL of the `postgres` database over the unix socket.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@localhost:{PORT}/postgres?host={}",
+            self.dir.display()
+        )
     }
 
-    /// Runs `sql` in database `db` with psql; whether it succeeded.
+    fn psql(&self, db: &str) -> Command {
+        let mut cmd = Command::new(bin_dir().join("psql"));
+        cmd.arg("-h")
+            .arg(&self.dir)
+            .args(["-p", &PORT.to_string(), "-U", "postgres", "-d", db, "-X"]);
+        cmd
+    }
+
+    /// Runs `sql` in database `db`; whether it succeeded.
     pub fn query(&self, db: &str, sql: &str) -> bool {
-        Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-d", db, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        self.psql(db)
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -151,56 +185,56 @@ impl Postgres {
 
     /// The single number `sql` (a count) answers in database `db`, if it answers one.
     pub fn count(&self, db: &str, sql: &str) -> Option<u64> {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-d", db, "-X", "-t", "-A", "-c", sql])
+        let out = self
+            .psql(db)
+            .args(["-t", "-A", "-c", sql])
             .stderr(Stdio::null())
             .output()
             .ok()?;
         String::from_utf8(out.stdout).ok()?.trim().parse().ok()
     }
 
-    /// A URL for database `db`, created if it does not exist yet.
+    /// The URL of database `db` over the unix socket, created if it does not exist yet.
     pub fn database_url(&self, db: &str) -> String {
         assert!(
             db.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
-            "plain name"
+            "a plain database name"
         );
         if !self.query(db, "SELECT 1") {
             assert!(
                 self.query("postgres", &format!("CREATE DATABASE {db}")),
-                "create {db}"
+                "create database {db}"
             );
         }
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        self.url().replace("/postgres?host=", &format!("/{db}?host="))
+    }
+
+    /// Stops the server (immediate shutdown); [`Postgres::restart`] brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = std::fs::remove_file(self.log());
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run();
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
-fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
-    if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid);
-    }
-}
-
-fn chown_all(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown scratch dir");
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).expect("read scratch dir").flatten() {
-            chown_all(&entry.path(), uid, gid);
-        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
