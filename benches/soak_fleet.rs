@@ -206,15 +206,6 @@ fn guesser(
     }
 }
 
-/// `otp_consumes_total{result="consumed"}` from a replica's Prometheus text.
-fn consumed_metric(text: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with("otp_consumes_total{") && l.contains(r#"result="consumed""#))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
-
 fn main() {
     let seconds: f64 = env_or("SOAK_SECONDS", 300.0);
     let conns: usize = env_or("SOAK_CONNS", 4);
@@ -311,7 +302,12 @@ fn main() {
     let ruled_consumed: u64 = fleet
         .services
         .iter()
-        .map(|s| consumed_metric(&get(s.port, "/metrics").text()))
+        .map(|s| {
+            s.metric(
+                "credential_service_otp_consumes_total",
+                &[r#"result="consumed""#],
+            )
+        })
         .sum();
     let stored = fleet
         .pg

@@ -160,8 +160,10 @@ fn assert_scope_named(r: &Response, scope: &str) {
 
 #[test]
 fn a_403_names_the_scope_that_was_required() {
-    let service = CredentialService::start(&[]);
     for mode in TOKEN_MODES {
+        // A store of its own per mode: the authority would rightly refuse a code the previous
+        // mode's Envoy already used (same user, same step).
+        let service = CredentialService::start(&[]);
         let envoy = mode_envoy(mode, &service, |c| c);
         // Verify needs user:otp:verify; the demo token has only user:otp:create.
         let auth = format!("Bearer {}", token());

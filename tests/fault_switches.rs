@@ -57,9 +57,13 @@ fn create_with_switch(port: u16, token: &str, switch: &str) -> Response {
 fn a_clock_that_cannot_be_read_fails_closed() {
     let service = CredentialService::start(&[]);
     let echo = Echo::start();
-    // 1 s steps, so that a second code comes quickly.
+    // 1 s steps, so that a second code comes quickly; this Envoy decides single use, so a header
+    // gate passes at the headers with no callout (with the authority deciding, its answer comes
+    // in a later callback, which fails closed without a clock like every other).
     let envoy = Envoy::start(&demo_config(service.port, |c| {
-        let c = c.replace(r#""step_seconds": 60"#, r#""step_seconds": 1"#);
+        let c = c
+            .replace(r#""step_seconds": 60"#, r#""step_seconds": 1"#)
+            .replace(r#""decided_by": "authority""#, r#""decided_by": "envoy""#);
         with_gated_upstream(with_crash_wasm(c), echo.port)
     }));
     envoy.wait_for_keys();

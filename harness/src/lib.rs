@@ -171,6 +171,19 @@ impl CredentialService {
         }
     }
 
+    /// The sum of the Prometheus samples (`GET /metrics`) whose name is `name` and whose labels
+    /// include every `key="value"` in `labels`.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> u64 {
+        get(self.port, "/metrics")
+            .text()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    }
+
     /// `GET /v1/stats`: how many checks of each kind reached the store.
     pub fn stats(&self) -> Value {
         get(self.port, "/v1/stats").json()

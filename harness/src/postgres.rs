@@ -167,9 +167,15 @@ impl Postgres {
 
     fn psql(&self, db: &str) -> Command {
         let mut cmd = Command::new(bin_dir().join("psql"));
-        cmd.arg("-h")
-            .arg(&self.dir)
-            .args(["-p", &PORT.to_string(), "-U", "postgres", "-d", db, "-X"]);
+        cmd.arg("-h").arg(&self.dir).args([
+            "-p",
+            &PORT.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-X",
+        ]);
         cmd
     }
 
@@ -206,7 +212,8 @@ impl Postgres {
                 "create database {db}"
             );
         }
-        self.url().replace("/postgres?host=", &format!("/{db}?host="))
+        self.url()
+            .replace("/postgres?host=", &format!("/{db}?host="))
     }
 
     /// Stops the server (immediate shutdown); [`Postgres::restart`] brings it back.
