@@ -41,21 +41,23 @@ fn both_scopes() -> String {
     token_claims(r#"{"scope":"openid user:otp:create user:otp:verify"}"#)
 }
 
-fn verify(port: u16, token: &str, code: &str) -> Response {
+/// A verify request for `code`, with `token`.
+fn verify_request(token: &str, code: &str) -> Vec<u8> {
     let auth = format!("Bearer {token}");
     let body = json!({ "otp": code }).to_string();
-    send(
-        port,
-        &request(
-            "POST",
-            VERIFY_PATH,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
-            Some(&body),
-        ),
+    request(
+        "POST",
+        VERIFY_PATH,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        Some(&body),
     )
+}
+
+fn verify(port: u16, token: &str, code: &str) -> Response {
+    send(port, &verify_request(token, code))
 }
 
 /// A code not handed out before: minting waits for the next 1 s step when it must.
@@ -117,19 +119,7 @@ fn a_code_is_accepted_once_fleet_wide() {
     for round in 0..5 {
         let t = if round % 2 == 0 { &t } else { &t2 };
         let code = fresh_code(fleet.port(round), t, &mut used);
-        let statuses = race(&fleet, 60, || {
-            let auth = format!("Bearer {t}");
-            let body = json!({ "otp": code }).to_string();
-            request(
-                "POST",
-                VERIFY_PATH,
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
-                Some(&body),
-            )
-        });
+        let statuses = race(&fleet, 60, || verify_request(t, &code));
         let accepted = statuses.iter().filter(|s| **s == 204).count();
         let refused = statuses.iter().filter(|s| **s == 404).count();
         assert_eq!((accepted, refused), (1, 59), "round {round}: {statuses:?}");
@@ -294,19 +284,7 @@ fn a_replica_killed_mid_race_never_allows_two_successes() {
             drop(victim);
         })
     };
-    let statuses = race(&fleet, 60, || {
-        let auth = format!("Bearer {t}");
-        let body = json!({ "otp": code }).to_string();
-        request(
-            "POST",
-            VERIFY_PATH,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
-            Some(&body),
-        )
-    });
+    let statuses = race(&fleet, 60, || verify_request(&t, &code));
     killer.join().unwrap();
     let accepted = statuses.iter().filter(|s| **s == 204).count();
     assert!(accepted <= 1, "{statuses:?}");
