@@ -112,7 +112,7 @@ fn main() {
                 black_box(token::verify(&config.token, None, None, black_box(&t), now).ok());
             }),
         );
-        let mut cache = ClaimsCache::new(16, Duration::from_secs(300));
+        let mut cache = ClaimsCache::new(16, Duration::from_secs(300), [7; 16]);
         report(
             &format!("verify {alg}, cached"),
             measure(|| {

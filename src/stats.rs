@@ -64,6 +64,9 @@ pub const THROTTLED_USERS: &str = "otp_filter.state.throttled_users";
 pub const CREDENTIAL_LATENCY_MS: &str = "otp_filter.time.credential_callout_ms";
 pub const AUTHORITY_LATENCY_MS: &str = "otp_filter.time.authority_callout_ms";
 pub const FILTER_TIME_US: &str = "otp_filter.time.filter_us";
+/// Verified-token cache lookups that missed: each cost a signature check (jwt mode) or an
+/// introspection callout. With `outcome` counters this gives the cache's hit ratio.
+pub const TOKEN_CACHE_MISSES: &str = "otp_filter.token.cache_misses";
 
 #[cfg(test)]
 mod tests {

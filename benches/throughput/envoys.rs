@@ -1,5 +1,6 @@
-//! The six Envoys (A to F): the shipped envoy/envoy.yaml, edited by exact-text replacement, each
-//! started with two workers and logging at `info`; their memory, and the filter's own histograms.
+//! The eight Envoys (A to H): the shipped envoy/envoy.yaml (H: envoy-jwt-authn.yaml), edited by
+//! exact-text replacement, each started with two workers and logging at `info`; their memory, and
+//! the filter's own histograms.
 
 use harness::bench::{admin_memory, envoy_pid, replace_once};
 use harness::*;
@@ -52,11 +53,27 @@ fn hop_and_throttle(c: String, hop_port: u16, peer_port: u16) -> String {
     );
     let c = replace_once(&c, CATCH_ALL_ROUTE, &routes);
     let c = replace_once(&c, CLUSTERS, &clusters);
-    // Room in the verified-token cache for two sets of code-scenario users ((g) and (j), or (i)
-    // and (k)), so none of them is verified cold.
-    let c = replace_once(&c, r#""cache_entries": 4096"#, r#""cache_entries": 10000"#);
     replace_once(&c, MAX_FAILURES, r#""max_failures": 100,"#)
 }
+
+/// D to F: room in the verified-token cache for two sets of code-scenario users ((g) and (j), or
+/// (i) and (k)), so none of them is verified cold.
+fn roomy_cache(c: String) -> String {
+    replace_once(&c, r#""cache_entries": 4096"#, r#""cache_entries": 10000"#)
+}
+
+/// G: a verified-token cache of COLD_CACHE_ENTRIES per VM, far fewer than the cold-token pool
+/// (`scenarios::COLD_POOL`) each VM sees between two uses of a token, so every lookup misses
+/// (the bench checks the filter's `token.cache_misses` counter) and every insert evicts.
+fn cold_cache(c: String) -> String {
+    replace_once(
+        &c,
+        r#""cache_entries": 4096"#,
+        &format!(r#""cache_entries": {COLD_CACHE_ENTRIES}"#),
+    )
+}
+
+pub const COLD_CACHE_ENTRIES: usize = 64;
 
 const PEER_ROUTE: &str = "              - match: { prefix: \"/peer/\" }\n                route: { cluster: peer, timeout: 5s, prefix_rewrite: \"/\" }\n";
 
@@ -138,15 +155,22 @@ impl Proxy {
     }
 }
 
-/// Starts A to F in front of the credential stub on `cred_port` (JWKS from `jwks_port`), D, E and
-/// F with routes to the hop stub and the native peer. E's floor filter must have been built.
-pub fn start_all(cred_port: u16, hop_port: u16, jwks_port: u16, peer_port: u16) -> [Proxy; 6] {
+/// Starts A to H in front of the credential stub on `cred_port` (JWKS from `jwks_port`), D to H
+/// with routes to the hop stub and a native peer (`cold_peer_port` for G and H, whose cache is as
+/// small as G's). E's floor filter must have been built.
+pub fn start_all(
+    cred_port: u16,
+    hop_port: u16,
+    jwks_port: u16,
+    peer_port: u16,
+    cold_peer_port: u16,
+) -> [Proxy; 8] {
     assert!(
         floor_wasm().exists(),
         "{} is missing: `make bench` builds it",
         floor_wasm().display()
     );
-    println!("starting six Envoys (--concurrency 2 each) ...");
+    println!("starting eight Envoys (--concurrency 2 each) ...");
     [
         Proxy::start(
             "A: no wasm filter",
@@ -166,7 +190,7 @@ pub fn start_all(cred_port: u16, hop_port: u16, jwks_port: u16, peer_port: u16) 
         Proxy::start(
             "D: + /hop, /peer/, max_failures 100",
             &demo_config_split(cred_port, jwks_port, |c| {
-                let c = hop_and_throttle(c, hop_port, peer_port);
+                let c = roomy_cache(hop_and_throttle(c, hop_port, peer_port));
                 match std::env::var_os("BENCH_E_WASM") {
                     Some(path) => with_wasm(c, std::path::Path::new(&path)),
                     None => c,
@@ -177,16 +201,31 @@ pub fn start_all(cred_port: u16, hop_port: u16, jwks_port: u16, peer_port: u16) 
         Proxy::start(
             "E: D with the floor filter",
             &demo_config_split(cred_port, jwks_port, |c| {
-                with_floor_filter(hop_and_throttle(c, hop_port, peer_port))
+                with_floor_filter(roomy_cache(hop_and_throttle(c, hop_port, peer_port)))
             }),
             std::env::var_os("BENCH_H_WASM").is_some_and(|p| is_otp_filter(&p)),
         ),
         Proxy::start(
             "F: D with the authority deciding",
             &demo_config_split(cred_port, jwks_port, |c| {
-                with_authority(hop_and_throttle(c, hop_port, peer_port))
+                with_authority(roomy_cache(hop_and_throttle(c, hop_port, peer_port)))
             }),
             true,
+        ),
+        Proxy::start(
+            "G: D with a 64-entry token cache (cold tokens)",
+            &demo_config_split(cred_port, jwks_port, |c| {
+                cold_cache(hop_and_throttle(c, hop_port, cold_peer_port))
+            }),
+            true,
+        ),
+        Proxy::start(
+            "H: D in jwt_authn mode (Envoy verifies the token)",
+            &config_file("envoy-jwt-authn.yaml", cred_port, jwks_port, |c| {
+                hop_and_throttle(c, hop_port, cold_peer_port)
+            }),
+            // No JWKS in the filter: jwt_authn fetches its own keys on first use (the warm-up).
+            false,
         ),
     ]
 }

@@ -117,8 +117,15 @@ fn main() {
     // The credential stub, then the hop's upstream.
     let stubs = [FastStub::start(), FastStub::start()];
     let jwks = CredentialService::start(&[]);
-    let peer = NativePeer::start(stubs[0].port, jwks.port);
-    let proxies = envoys::start_all(stubs[0].port, stubs[1].port, jwks.port, peer.port);
+    let peer = NativePeer::start(stubs[0].port, jwks.port, None);
+    let cold_peer = NativePeer::start(stubs[0].port, jwks.port, Some(envoys::COLD_CACHE_ENTRIES));
+    let proxies = envoys::start_all(
+        stubs[0].port,
+        stubs[1].port,
+        jwks.port,
+        peer.port,
+        cold_peer.port,
+    );
     let meter = CpuMeter {
         ours: std::iter::once("self".to_string())
             .chain(proxies.iter().filter_map(|p| p.pid).map(|p| p.to_string()))
@@ -161,8 +168,19 @@ fn run_rounds(
     for round in 0..settings.runs {
         for s in scenarios.iter_mut().filter(|s| s.error.is_none()) {
             let port = proxies[s.envoy].envoy.port;
+            let misses =
+                scenarios::counts_cache_misses(s.key).then(|| cache_misses(&proxies[s.envoy]));
             let run = run_once(settings, port, s, stubs, meter, proxies[s.envoy].pid);
             print_run(s, round, &run);
+            if let Some(before) = misses {
+                let missed = cache_misses(&proxies[s.envoy]) - before;
+                let (m, n) = s.cache_misses.unwrap_or_default();
+                s.cache_misses = Some((m + missed, n + run.responses));
+                println!(
+                    "    token cache misses: {missed} of {} responses",
+                    run.responses
+                );
+            }
             s.error.clone_from(&run.error);
             s.runs.push(run);
             if round == 0 && s.key == "(e)" {
@@ -200,6 +218,18 @@ fn run_rounds(
         }
     }
     (filter_time, authority_time)
+}
+
+/// The filter's `token.cache_misses` counter on `proxy` (both VMs). Counters are read live (only
+/// histograms wait for a flush); the pause lets the last requests' `on_log` run.
+fn cache_misses(proxy: &Proxy) -> u64 {
+    thread::sleep(Duration::from_millis(100));
+    proxy
+        .envoy
+        .counters()
+        .get("otp_filter.token.cache_misses")
+        .copied()
+        .unwrap_or(0)
 }
 
 /// bench/results.md and bench/results.png, unless the run is partial (BENCH_ONLY).

@@ -16,6 +16,21 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use harness::bench::head_end;
+
+/// A random cache key, as the filter draws one per VM (std's per-process random SipHash keys).
+fn rand_key() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        std::hash::RandomState::new()
+            .build_hasher()
+            .finish()
+            .to_le_bytes()
+    };
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&half());
+    key[8..].copy_from_slice(&half());
+    key
+}
 use otp_filter::config::{self, Config};
 use otp_filter::flow::{self, Ctx, Exchange, RequestHead, Step, TokenState};
 use otp_filter::request::request_id::{self, XidGenerator};
@@ -120,8 +135,17 @@ fn exchange(conn: &mut TcpStream, request: &[u8]) -> std::io::Result<(u16, Vec<u
 }
 
 impl NativePeer {
-    pub fn start(stub_port: u16, jwks_port: u16) -> NativePeer {
+    /// `cache_entries` replaces the shipped verified-token cache size (the cold-token peer's 64).
+    pub fn start(stub_port: u16, jwks_port: u16, cache_entries: Option<usize>) -> NativePeer {
         let yaml = std::fs::read_to_string(harness::root().join("envoy/envoy.yaml")).expect("yaml");
+        let yaml = match cache_entries {
+            Some(n) => harness::bench::replace_once(
+                &yaml,
+                r#""cache_entries": 4096"#,
+                &format!(r#""cache_entries": {n}"#),
+            ),
+            None => yaml,
+        };
         let (config_text, env) = shipped_config(&yaml);
         let mut jwks_conn = TcpStream::connect(("127.0.0.1", jwks_port)).expect("jwks service");
         let (status, jwks) = exchange(
@@ -185,6 +209,7 @@ impl<'s> Worker<'s> {
         let cache = ClaimsCache::new(
             config.token.cache_entries,
             Duration::from_secs(config.token.cache_seconds),
+            rand_key(),
         );
         let stub = TcpStream::connect(("127.0.0.1", shared.stub_port)).expect("stub");
         let _ = stub.set_nodelay(true);

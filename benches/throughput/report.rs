@@ -75,6 +75,7 @@ pub fn report(
     notes(w, scenarios);
     ratios(w, scenarios);
     upstream_traffic(w, scenarios);
+    cold_misses(w, scenarios);
     filter_histograms(w, filter_time, authority_time);
     memory_and_size(w, scenarios, memory);
     machine(w, proxies);
@@ -197,7 +198,33 @@ fn ratios(w: &mut String, scenarios: &[Scenario]) {
             "(d)",
             "the floor: best (e)/(d) any wasm filter reaches",
         ),
-        ("(e)", "(h)", "how close (e) is to that floor"),
+        ("(e)", "(h)", "how close (e) is to that floor: ≥ 0.90"),
+        (
+            "(l)",
+            "(e)",
+            "what a new RS256 token costs the filter, vs a cached one",
+        ),
+        (
+            "(l)",
+            "(n)",
+            "cold RS256: jwt mode vs jwt_authn mode, ≥ 0.5",
+        ),
+        (
+            "(m)",
+            "(o)",
+            "cold ES256: jwt mode vs jwt_authn mode, ≥ 0.5",
+        ),
+        (
+            "(n)",
+            "(p)",
+            "cold RS256: jwt_authn mode vs the native peer, ≥ 1.0",
+        ),
+        (
+            "(o)",
+            "(q)",
+            "cold ES256: jwt_authn mode vs the native peer, ≥ 1.0",
+        ),
+        ("(l)", "(p)", "cold RS256: jwt mode vs the native peer"),
     ] {
         let show = |r: Option<f64>| r.map_or("—".to_string(), |r| format!("{r:.3}"));
         writeln!(
@@ -214,7 +241,8 @@ fn ratios(w: &mut String, scenarios: &[Scenario]) {
 fn upstream_traffic(w: &mut String, scenarios: &[Scenario]) {
     writeln!(
         w,
-        "\n## Upstream traffic (stub counters over all runs, warm-up included)\n"
+        "\n## Upstream traffic (stub counters over all runs, warm-up \
+         included)\n"
     )
     .unwrap();
     writeln!(
@@ -249,6 +277,35 @@ fn upstream_traffic(w: &mut String, scenarios: &[Scenario]) {
             )
             .unwrap();
         }
+    }
+}
+
+/// The cold-token scenarios answered by the filter in jwt mode: its cache misses per response.
+fn cold_misses(w: &mut String, scenarios: &[Scenario]) {
+    let cold: Vec<_> = scenarios
+        .iter()
+        .filter_map(|s| Some((s.key, s.cache_misses?)))
+        .collect();
+    if cold.is_empty() {
+        return;
+    }
+    writeln!(
+        w,
+        "
+Cold tokens: the filter's `otp_filter.token.cache_misses` on G over all runs, warm-up \
+         included (1.000 = every request verified a signature):
+"
+    )
+    .unwrap();
+    writeln!(w, "| scenario | cache misses | responses | per response |").unwrap();
+    writeln!(w, "|---|---:|---:|---:|").unwrap();
+    for (key, (misses, responses)) in cold {
+        writeln!(
+            w,
+            "| {key} | {misses} | {responses} | {:.3} |",
+            misses as f64 / responses.max(1) as f64
+        )
+        .unwrap();
     }
 }
 
@@ -364,7 +421,7 @@ fn setup(w: &mut String, settings: &Settings, scenarios: &[Scenario]) {
     writeln!(w, "\n## How each scenario is set up\n").unwrap();
     writeln!(
         w,
-        "- Six Envoys run side by side, each from `envoy/envoy.yaml` with small text edits: \
+        "- Eight Envoys run side by side, each from `envoy/envoy.yaml` with small text edits: \
          **A** without the wasm filter (and its per-route config) for (a); **B** as shipped for \
          (b); **C** with the catch-all route's `disabled: true` removed for (c); **D** with a \
          `/hop` route (filter disabled) to a `hop` cluster, a `/peer/` route (filter disabled, \
@@ -372,7 +429,11 @@ fn setup(w: &mut String, settings: &Settings, scenarios: &[Scenario]) {
          for (d), (e), (f), (g) and (j); **E** is D with `benches/floor-filter`'s .wasm instead of \
          otp-filter's, for (h); **F** is D with `\"decided_by\": \"authority\"` (the authority at \
          the credential stub, which answers `counted` to a reported code), for (i) and (k). \
-         Scenarios run round-robin, (a)…(k) per round, so drift spreads over all of them."
+         **G** is D with a 64-entry verified-token cache and its `/peer/` route to a second \
+         native peer whose cache is as small, for the cold-token scenarios (l), (m), (p), (q); \
+         **H** is D built from `envoy/envoy-jwt-authn.yaml` (Envoy's `jwt_authn` verifies the \
+         token with BoringSSL, the filter reads the payload) for (n) and (o). \
+         Scenarios run round-robin, (a)…(q) per round, so drift spreads over all of them."
     )
     .unwrap();
     writeln!(
@@ -408,6 +469,18 @@ fn setup(w: &mut String, settings: &Settings, scenarios: &[Scenario]) {
          `max_failures` reservations in flight and be locked (429); `BENCH_CREATE_USERS=1` runs \
          every connection as one user (in a trial: the same rate, no 429).",
         settings.create_users, settings.conns
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "- Cold tokens, (l) to (q): real OTP traffic carries a token per user that a worker has \
+         never seen. Before the runs, {} distinct tokens per algorithm are minted (`sub` \
+         bench-cold-N, RS256 with the 2048-bit dev key, ES256 with the P-256 one) and sent \
+         round-robin, one request each: each VM sees about half of them before one comes back, \
+         and its cache holds {}, so every request misses (the table above shows the counter). \
+         jwt_authn (H) has no token cache at all.",
+        crate::scenarios::COLD_POOL,
+        crate::envoys::COLD_CACHE_ENTRIES
     )
     .unwrap();
     if let Some(g) = scenarios.iter().find(|s| s.key == "(g)") {

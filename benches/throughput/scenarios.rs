@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
-use harness::bench::mint_with_claims;
+use harness::bench::{mint_all, mint_with_claims};
 use harness::*;
 
 use crate::client::Client;
@@ -57,6 +57,9 @@ pub struct Scenario {
     pub stub: Option<usize>,
     pub runs: Vec<Run>,
     pub error: Option<String>,
+    /// Cold-token scenarios on G: the filter's `token.cache_misses` and the responses, summed
+    /// over the runs (warm-up included), which show that no request hit the cache.
+    pub cache_misses: Option<(u64, u64)>,
 }
 
 impl Scenario {
@@ -77,6 +80,7 @@ impl Scenario {
             stub,
             runs: Vec::new(),
             error: None,
+            cache_misses: None,
         }
     }
 
@@ -141,6 +145,9 @@ pub fn table(settings: &Settings) -> Vec<Scenario> {
     let create_tokens = mint_with_claims(&create_claims);
     let mut scenarios = healthz_scenarios();
     scenarios.extend(create_scenarios(&create_tokens));
+    if COLD.iter().any(|(key, ..)| settings.enabled(key)) {
+        scenarios.extend(cold_scenarios(settings));
+    }
     scenarios.extend(diagnostics(&create_tokens));
     scenarios.retain(|s| settings.enabled(s.key));
     scenarios
@@ -226,6 +233,90 @@ fn create_scenarios(create_tokens: &[String]) -> Vec<Scenario> {
             Some(0),
         ),
     ]
+}
+
+/// Distinct tokens per algorithm in the cold-token scenarios, sent round-robin: each VM of G sees
+/// about half of them between two uses of one, far more than its cache holds
+/// (`envoys::COLD_CACHE_ENTRIES`), so every request is a token it has not got cached. Minted with
+/// the rest, before any measured second.
+pub const COLD_POOL: usize = 4000;
+
+/// The cold-token scenarios: (key, algorithm, Envoy, path prefix, what).
+const COLD: [(&str, &str, usize, &str, &str); 6] = [
+    (
+        "(l)",
+        "RS256",
+        6,
+        "",
+        "(e) with a new RS256 token per request, jwt mode (the filter verifies)",
+    ),
+    (
+        "(m)",
+        "ES256",
+        6,
+        "",
+        "(e) with a new ES256 token per request, jwt mode (the filter verifies)",
+    ),
+    (
+        "(n)",
+        "RS256",
+        7,
+        "",
+        "(l) in jwt_authn mode: Envoy's jwt_authn verifies, the filter reads its payload",
+    ),
+    ("(o)", "ES256", 7, "", "(m) in jwt_authn mode"),
+    (
+        "(p)",
+        "RS256",
+        6,
+        "/peer",
+        "(f) with a new RS256 token per request (the native peer verifies)",
+    ),
+    (
+        "(q)",
+        "ES256",
+        6,
+        "/peer",
+        "(f) with a new ES256 token per request",
+    ),
+];
+
+/// Cold-token twins of (e) and (f), enabled ones only: a pool of COLD_POOL tokens per algorithm.
+fn cold_scenarios(settings: &Settings) -> Vec<Scenario> {
+    let mut pools = BTreeMap::new();
+    for (key, alg, ..) in COLD {
+        if settings.enabled(key) && !pools.contains_key(alg) {
+            println!("minting {COLD_POOL} {alg} tokens for the cold-token scenarios ...");
+            let args: Vec<Vec<String>> = (0..COLD_POOL)
+                .map(|i| {
+                    let claims = format!(r#"{{"sub":"bench-cold-{i}"}}"#);
+                    vec!["--alg".into(), alg.into(), "--claims".into(), claims]
+                })
+                .collect();
+            pools.insert(alg, mint_all(&args));
+        }
+    }
+    COLD.iter()
+        .filter(|(key, ..)| settings.enabled(key))
+        .map(|&(key, alg, envoy, prefix, what)| {
+            let path = format!("{prefix}{OTP_PATH}");
+            let requests = pools[alg]
+                .iter()
+                .map(|t| json_post(&path, t, CREATE_BODY))
+                .collect();
+            let pick = Pick::Rotate {
+                requests,
+                per: 1,
+                next: AtomicU64::new(0),
+            };
+            Scenario::new(key, what, envoy, pick, &[201], Some(0))
+        })
+        .collect()
+}
+
+/// Whether `key` is a cold-token scenario answered by the filter in jwt mode (its misses counted).
+pub fn counts_cache_misses(key: &str) -> bool {
+    matches!(key, "(l)" | "(m)")
 }
 
 /// Diagnostics, only when BENCH_ONLY names them: the create route answered by the filter before
@@ -446,5 +537,6 @@ fn code_scenario(tokens: &[String], route: CodeRoute, decider: Decider) -> Scena
         stub: Some(0),
         runs: Vec::new(),
         error: None,
+        cache_misses: None,
     }
 }

@@ -478,7 +478,7 @@ mod tests {
     #[test]
     fn introspection_holds_the_body_until_the_token_is_known() {
         let config = introspection_config();
-        let mut cache = ClaimsCache::new(10, std::time::Duration::from_secs(60));
+        let mut cache = ClaimsCache::new(10, std::time::Duration::from_secs(60), [7; 16]);
         let auth = format!("Bearer {}", testkit::rs256(&claims()));
         let state = TokenState {
             remote_jwks: None,

@@ -6,7 +6,7 @@ use crate::callout::Callout;
 use crate::config::Config;
 use crate::reply::failure::Failure;
 use crate::secret::Secret;
-use crate::token::cache::{token_hash, ClaimsCache, TokenHash};
+use crate::token::cache::{ClaimsCache, TokenHash};
 use crate::token::introspection::{self, Answer};
 use crate::token::{self, TokenSource, Verified};
 
@@ -75,10 +75,14 @@ impl Exchange {
             },
             TokenSource::Introspection(introspection_settings) => {
                 let bearer = token::bearer_token(head.authorization)?;
-                let hash = token_hash(bearer);
-                let cached = state
-                    .verified
-                    .and_then(|cache| cache.get(&hash, ctx.now_ms));
+                // Without a cache the hash is never used: nothing is stored after the answer.
+                let (hash, cached) = match state.verified {
+                    Some(cache) => {
+                        let hash = cache.hash(bearer);
+                        (hash, cache.get(&hash, ctx.now_ms))
+                    }
+                    None => (0, None),
+                };
                 if let Some(claims) = cached {
                     let verified = token::check_claims(settings, &claims, ctx.now_ms / 1000)?;
                     self.accept_token(ctx.config, verified)?;

@@ -7,11 +7,8 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Mac, SimpleHmac};
-use rsa::signature::Verifier;
-use rsa::{BigUint, RsaPublicKey};
+use ring::signature::{self, RsaParameters, VerificationAlgorithm};
 use serde_json::Value;
-use sha2::{Sha256, Sha384, Sha512};
 
 use crate::secret::Secret;
 
@@ -57,22 +54,21 @@ impl Algorithm {
     }
 }
 
-/// Why a key is skipped when its algorithm was left out of the build (cargo features `es384` and
-/// `eddsa`, both on by default; they cost about 150 KB and 45 KB of .wasm).
-#[cfg(not(all(feature = "es384", feature = "eddsa")))]
-const NOT_BUILT_IN: &str = "{} is not built into this otp-filter (cargo feature)";
-
-/// A verifier per algorithm, built once when the key is loaded.
+/// A verifier per algorithm, built once when the key is loaded. Public keys are verified with
+/// `ring` (BoringSSL's arithmetic, compiled to wasm): in Envoy's V8 it verifies RS256 and ES256 several
+/// times faster than the pure-Rust `rsa`/`p256` crates (docs/performance.md has the figures).
 enum Verifying {
-    Rs256(rsa::pkcs1v15::VerifyingKey<Sha256>),
-    Rs384(rsa::pkcs1v15::VerifyingKey<Sha384>),
-    Rs512(rsa::pkcs1v15::VerifyingKey<Sha512>),
-    Ps256(rsa::pss::VerifyingKey<Sha256>),
-    Es256(p256::ecdsa::VerifyingKey),
-    #[cfg(feature = "es384")]
-    Es384(p384::ecdsa::VerifyingKey),
-    #[cfg(feature = "eddsa")]
-    EdDsa(ed25519_dalek::VerifyingKey),
+    /// `n` and `e` as big-endian bytes without leading zeros, as ring wants them.
+    Rsa {
+        n: Box<[u8]>,
+        e: Box<[u8]>,
+        params: &'static RsaParameters,
+    },
+    /// An uncompressed SEC1 point (P-256, P-384) or an Ed25519 public key, checked at load.
+    Public {
+        key: Box<[u8]>,
+        algorithm: &'static dyn VerificationAlgorithm,
+    },
     Hmac(Secret),
 }
 
@@ -94,42 +90,30 @@ impl Key {
 
     /// Checks `signature` over `message` with this key's (pinned) algorithm.
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
-        fn rsa<V: Verifier<S>, S: for<'a> TryFrom<&'a [u8]>>(
-            key: &V,
-            msg: &[u8],
-            sig: &[u8],
-        ) -> bool {
-            S::try_from(sig).is_ok_and(|sig| key.verify(msg, &sig).is_ok())
-        }
-        fn hmac<M: Mac + hmac::digest::KeyInit>(secret: &Secret, msg: &[u8], sig: &[u8]) -> bool {
-            <M as Mac>::new_from_slice(secret.expose()).is_ok_and(|mut mac| {
-                mac.update(msg);
-                mac.verify_slice(sig).is_ok() // constant time
-            })
-        }
-        match (&self.verifying, self.algorithm) {
-            (Verifying::Rs256(k), _) => rsa::<_, rsa::pkcs1v15::Signature>(k, message, signature),
-            (Verifying::Rs384(k), _) => rsa::<_, rsa::pkcs1v15::Signature>(k, message, signature),
-            (Verifying::Rs512(k), _) => rsa::<_, rsa::pkcs1v15::Signature>(k, message, signature),
-            (Verifying::Ps256(k), _) => rsa::<_, rsa::pss::Signature>(k, message, signature),
-            (Verifying::Es256(k), _) => p256::ecdsa::Signature::from_slice(signature)
-                .is_ok_and(|sig| k.verify(message, &sig).is_ok()),
-            #[cfg(feature = "es384")]
-            (Verifying::Es384(k), _) => p384::ecdsa::Signature::from_slice(signature)
-                .is_ok_and(|sig| k.verify(message, &sig).is_ok()),
-            #[cfg(feature = "eddsa")]
-            (Verifying::EdDsa(k), _) => ed25519_dalek::Signature::from_slice(signature)
-                .is_ok_and(|sig| k.verify_strict(message, &sig).is_ok()),
-            (Verifying::Hmac(s), Algorithm::Hs256) => {
-                hmac::<SimpleHmac<Sha256>>(s, message, signature)
+        match &self.verifying {
+            Verifying::Rsa { n, e, params } => signature::RsaPublicKeyComponents { n, e }
+                .verify(params, message, signature)
+                .is_ok(),
+            Verifying::Public { key, algorithm } => {
+                signature::UnparsedPublicKey::new(*algorithm, key)
+                    .verify(message, signature)
+                    .is_ok()
             }
-            (Verifying::Hmac(s), Algorithm::Hs384) => {
-                hmac::<SimpleHmac<Sha384>>(s, message, signature)
+            Verifying::Hmac(secret) => {
+                let hmac = match self.algorithm {
+                    Algorithm::Hs256 => ring::hmac::HMAC_SHA256,
+                    Algorithm::Hs384 => ring::hmac::HMAC_SHA384,
+                    Algorithm::Hs512 => ring::hmac::HMAC_SHA512,
+                    _ => return false,
+                };
+                // `verify` compares in constant time.
+                ring::hmac::verify(
+                    &ring::hmac::Key::new(hmac, secret.expose()),
+                    message,
+                    signature,
+                )
+                .is_ok()
             }
-            (Verifying::Hmac(s), Algorithm::Hs512) => {
-                hmac::<SimpleHmac<Sha512>>(s, message, signature)
-            }
-            (Verifying::Hmac(_), _) => false,
         }
     }
 }
@@ -141,6 +125,9 @@ pub struct KeySet {
 
 /// Smallest RSA modulus we accept, in bits (NIST SP 800-131A).
 const MIN_RSA_BITS: usize = 2048;
+/// Largest: verification cost grows with the square of the size, so a JWKS cannot make it huge.
+/// (ring's own limit is 8192; real issuers publish 2048–4096.)
+const MAX_RSA_BITS: usize = 4096;
 
 impl KeySet {
     /// Parses `{"keys": [...]}`. Every problem is reported, prefixed with `at` (where the JWKS is).
@@ -210,6 +197,81 @@ fn fixed<const N: usize>(jwk: &Value, name: &str) -> Result<[u8; N], String> {
         .map_err(|_| format!("\"{name}\" must be {N} bytes"))
 }
 
+/// An RSA integer as ring takes it: big-endian, without the leading zero bytes some JWKS publish.
+fn rsa_integer(jwk: &Value, name: &str) -> Result<Box<[u8]>, String> {
+    let bytes = b64_field(jwk, name)?;
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    match bytes.get(start..) {
+        Some(rest) if !rest.is_empty() => Ok(rest.into()),
+        _ => Err(format!("\"{name}\" must not be zero")),
+    }
+}
+
+/// The JWK's `x`, `y` as an uncompressed SEC1 point, refused unless it is on the curve. ring checks
+/// points only when it uses them and has no separate check, so the point is tried once in an ECDH
+/// agreement with a throwaway key: that rejects exactly what ECDSA verification would reject, and a
+/// bad key is refused at load with a reason instead of failing every token later.
+fn sec1_point<const N: usize>(
+    jwk: &Value,
+    curve: &'static ring::agreement::Algorithm,
+    name: &str,
+) -> Result<Box<[u8]>, String> {
+    let (x, y) = (fixed::<N>(jwk, "x")?, fixed::<N>(jwk, "y")?);
+    let mut point = Vec::with_capacity(1 + 2 * N);
+    point.push(0x04);
+    point.extend_from_slice(&x);
+    point.extend_from_slice(&y);
+    let rng = ring::rand::SystemRandom::new();
+    let ours = ring::agreement::EphemeralPrivateKey::generate(curve, &rng)
+        .map_err(|_| "no randomness to check the EC point with".to_string())?;
+    let peer = ring::agreement::UnparsedPublicKey::new(curve, &point);
+    ring::agreement::agree_ephemeral(ours, &peer, |_| ())
+        .map_err(|_| format!("EC point is not on {name}"))?;
+    Ok(point.into())
+}
+
+/// Every 32-byte encoding of one of Ed25519's eight small-order points: the 8 canonical ones, and
+/// the 6 non-canonical ones that decode to them (y + p for y = 0 and 1, and x = 0 with the sign bit
+/// set). A public key among them lets anyone forge signatures, and ring does not refuse such keys.
+/// The unit test checks the list against curve25519-dalek's `EIGHT_TORSION` and `is_small_order`.
+const SMALL_ORDER_ED25519: [[u8; 32]; 14] = [
+    hex32("0100000000000000000000000000000000000000000000000000000000000000"),
+    hex32("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+    hex32("0000000000000000000000000000000000000000000000000000000000000080"),
+    hex32("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+    hex32("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    hex32("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85"),
+    hex32("0000000000000000000000000000000000000000000000000000000000000000"),
+    hex32("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa"),
+    hex32("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    hex32("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"),
+    hex32("0100000000000000000000000000000000000000000000000000000000000080"),
+    hex32("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    hex32("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"),
+    hex32("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"),
+];
+
+/// Hex to bytes, for the table above. Only ever evaluated by the compiler (the table is a
+/// `const`), where a bad digit or a short string is a build error, never a runtime panic.
+#[allow(clippy::indexing_slicing, clippy::panic)]
+const fn hex32(text: &str) -> [u8; 32] {
+    const fn digit(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => panic!("not a lowercase hex digit"),
+        }
+    }
+    let text = text.as_bytes();
+    let mut out = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        out[i] = digit(text[2 * i]) << 4 | digit(text[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
+
 fn parse_jwk(jwk: &Value) -> Result<Key, String> {
     let kid = jwk
         .get("kid")
@@ -231,59 +293,56 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
     let unsupported = |alg: &str| format!("\"alg\" \"{alg}\" is not supported for this key type");
     let (algorithm, verifying) = match kty {
         "RSA" => {
-            let n = BigUint::from_bytes_be(&b64_field(jwk, "n")?);
-            let e = BigUint::from_bytes_be(&b64_field(jwk, "e")?);
-            if n.bits() < MIN_RSA_BITS {
+            let n = rsa_integer(jwk, "n")?;
+            let e = rsa_integer(jwk, "e")?;
+            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+            if bits < MIN_RSA_BITS {
                 return Err(format!(
-                    "RSA modulus is {} bits, at least {MIN_RSA_BITS} required",
-                    n.bits()
+                    "RSA modulus is {bits} bits, at least {MIN_RSA_BITS} required"
                 ));
             }
-            let public = RsaPublicKey::new(n, e).map_err(|e| format!("bad RSA key: {e}"))?;
-            match alg.unwrap_or("RS256") {
-                "RS256" => (Algorithm::Rs256, Verifying::Rs256(rsa::pkcs1v15::VerifyingKey::new(public))),
-                "RS384" => (Algorithm::Rs384, Verifying::Rs384(rsa::pkcs1v15::VerifyingKey::new(public))),
-                "RS512" => (Algorithm::Rs512, Verifying::Rs512(rsa::pkcs1v15::VerifyingKey::new(public))),
-                "PS256" => (Algorithm::Ps256, Verifying::Ps256(rsa::pss::VerifyingKey::new(public))),
-                other => return Err(unsupported(other)),
+            if bits > MAX_RSA_BITS {
+                return Err(format!("RSA modulus is {bits} bits, at most {MAX_RSA_BITS} allowed"));
             }
+            if n.last().is_some_and(|b| b & 1 == 0) {
+                return Err("bad RSA key: the modulus is even".into());
+            }
+            // ring's own rule (and rsa's before it): 3 ≤ e < 2³³, odd.
+            let e_value = e.iter().try_fold(0u64, |v, b| v.checked_mul(256).map(|v| v | u64::from(*b)));
+            if !e_value.is_some_and(|e| (3..1 << 33).contains(&e) && e & 1 == 1) {
+                return Err("bad RSA key: the exponent must be odd, at least 3 and below 2^33".into());
+            }
+            let (algorithm, params) = match alg.unwrap_or("RS256") {
+                "RS256" => (Algorithm::Rs256, &signature::RSA_PKCS1_2048_8192_SHA256),
+                "RS384" => (Algorithm::Rs384, &signature::RSA_PKCS1_2048_8192_SHA384),
+                "RS512" => (Algorithm::Rs512, &signature::RSA_PKCS1_2048_8192_SHA512),
+                "PS256" => (Algorithm::Ps256, &signature::RSA_PSS_2048_8192_SHA256),
+                other => return Err(unsupported(other)),
+            };
+            (algorithm, Verifying::Rsa { n, e, params })
         }
         "EC" => match (crv, alg) {
             (Some("P-256"), None | Some("ES256")) => {
-                let (x, y) = (fixed::<32>(jwk, "x")?, fixed::<32>(jwk, "y")?);
-                let point = p256::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
-                let key = p256::ecdsa::VerifyingKey::from_encoded_point(&point)
-                    .map_err(|_| "EC point is not on P-256")?;
-                (Algorithm::Es256, Verifying::Es256(key))
+                let point = sec1_point::<32>(jwk, &ring::agreement::ECDH_P256, "P-256")?;
+                let algorithm = &signature::ECDSA_P256_SHA256_FIXED;
+                (Algorithm::Es256, Verifying::Public { key: point, algorithm })
             }
-            #[cfg(feature = "es384")]
             (Some("P-384"), None | Some("ES384")) => {
-                let (x, y) = (fixed::<48>(jwk, "x")?, fixed::<48>(jwk, "y")?);
-                let point = p384::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
-                let key = p384::ecdsa::VerifyingKey::from_encoded_point(&point)
-                    .map_err(|_| "EC point is not on P-384")?;
-                (Algorithm::Es384, Verifying::Es384(key))
-            }
-            #[cfg(not(feature = "es384"))]
-            (Some("P-384"), None | Some("ES384")) => {
-                return Err(NOT_BUILT_IN.replace("{}", "ES384"))
+                let point = sec1_point::<48>(jwk, &ring::agreement::ECDH_P384, "P-384")?;
+                let algorithm = &signature::ECDSA_P384_SHA384_FIXED;
+                (Algorithm::Es384, Verifying::Public { key: point, algorithm })
             }
             (Some("P-256" | "P-384"), Some(other)) => return Err(unsupported(other)),
             _ => return Err("EC keys must have \"crv\" \"P-256\" or \"P-384\"".into()),
         },
         "OKP" => match (crv, alg) {
-            #[cfg(not(feature = "eddsa"))]
             (Some("Ed25519"), None | Some("EdDSA")) => {
-                return Err(NOT_BUILT_IN.replace("{}", "EdDSA"))
-            }
-            #[cfg(feature = "eddsa")]
-            (Some("Ed25519"), None | Some("EdDSA")) => {
-                let key = ed25519_dalek::VerifyingKey::from_bytes(&fixed::<32>(jwk, "x")?)
-                    .map_err(|_| "\"x\" is not an Ed25519 public key")?;
-                if key.is_weak() {
+                let x = fixed::<32>(jwk, "x")?;
+                if SMALL_ORDER_ED25519.contains(&x) {
                     return Err("\"x\" is a weak (small-order) Ed25519 key".into());
                 }
-                (Algorithm::EdDsa, Verifying::EdDsa(key))
+                let algorithm = &signature::ED25519;
+                (Algorithm::EdDsa, Verifying::Public { key: Box::new(x), algorithm })
             }
             (Some("Ed25519"), Some(other)) => return Err(unsupported(other)),
             _ => return Err("OKP keys must have \"crv\" \"Ed25519\"".into()),
@@ -301,4 +360,96 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
         algorithm,
         verifying,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+
+    #[test]
+    fn the_small_order_table_is_exactly_the_encodings_of_the_eight_torsion_points() {
+        for point in EIGHT_TORSION {
+            assert!(SMALL_ORDER_ED25519.contains(&point.compress().to_bytes()));
+        }
+        let mut distinct = SMALL_ORDER_ED25519.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 14);
+        for encoding in SMALL_ORDER_ED25519 {
+            let point = CompressedEdwardsY(encoding).decompress().unwrap();
+            assert!(point.is_small_order(), "{encoding:02x?}");
+        }
+    }
+
+    fn okp(x: &[u8; 32]) -> Value {
+        serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": URL_SAFE_NO_PAD.encode(x)})
+    }
+
+    #[test]
+    fn every_small_order_ed25519_key_is_refused_and_a_real_one_kept() {
+        for encoding in SMALL_ORDER_ED25519 {
+            let refused = parse_jwk(&okp(&encoding)).err().unwrap();
+            assert_eq!(refused, "\"x\" is a weak (small-order) Ed25519 key");
+        }
+        let real = crate::testkit::jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kty"] == "OKP")
+            .cloned()
+            .unwrap();
+        assert_eq!(parse_jwk(&real).ok().unwrap().algorithm, Algorithm::EdDsa);
+    }
+
+    fn rsa_jwk(n: &[u8], e: &[u8]) -> Value {
+        serde_json::json!({"kty": "RSA", "kid": "k",
+            "n": URL_SAFE_NO_PAD.encode(n), "e": URL_SAFE_NO_PAD.encode(e)})
+    }
+
+    #[test]
+    fn rsa_keys_outside_the_bounds_are_refused_with_the_reason() {
+        let mut n = vec![0xc5; 256];
+        let e = [1, 0, 1];
+        let reason = |n: &[u8], e: &[u8]| parse_jwk(&rsa_jwk(n, e)).err().unwrap();
+        assert_eq!(
+            reason(&n[..255], &e),
+            "RSA modulus is 2040 bits, at least 2048 required"
+        );
+        assert_eq!(
+            reason(&[0xc5; 513], &e),
+            "RSA modulus is 4104 bits, at most 4096 allowed"
+        );
+        assert_eq!(reason(&n, &[0]), "\"e\" must not be zero");
+        for bad_e in [&[2][..], &[1], &[2, 0, 0, 0, 1], &[1, 0, 0]] {
+            assert_eq!(
+                reason(&n, bad_e),
+                "bad RSA key: the exponent must be odd, at least 3 and below 2^33"
+            );
+        }
+        n[255] = 0xc4;
+        assert_eq!(reason(&n, &e), "bad RSA key: the modulus is even");
+        // A leading zero byte (some JWKS publish one) is accepted and stripped.
+        n[255] = 0xc5;
+        let mut padded = vec![0];
+        padded.extend_from_slice(&n);
+        assert!(parse_jwk(&rsa_jwk(&padded, &e)).is_ok());
+    }
+
+    #[test]
+    fn an_ec_point_off_the_curve_is_refused_at_load() {
+        let mut jwk = crate::testkit::jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["crv"] == "P-256")
+            .cloned()
+            .unwrap();
+        assert_eq!(parse_jwk(&jwk).ok().unwrap().algorithm, Algorithm::Es256);
+        let mut y = URL_SAFE_NO_PAD.decode(jwk["y"].as_str().unwrap()).unwrap();
+        y[31] ^= 1;
+        jwk["y"] = URL_SAFE_NO_PAD.encode(&y).into();
+        assert_eq!(parse_jwk(&jwk).err().unwrap(), "EC point is not on P-256");
+    }
 }

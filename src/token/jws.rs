@@ -6,7 +6,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use crate::reply::failure::Failure;
-use crate::token::cache::{token_hash, ClaimsCache};
+use crate::token::cache::ClaimsCache;
 use crate::token::claims::check_claims;
 use crate::token::jwk::{Algorithm, Key, KeySet};
 use crate::token::jwks::RemoteJwks;
@@ -66,7 +66,7 @@ pub fn verify(
         let claims = verify_signature(&settings.keys, remote, token)?;
         return check_claims(settings, &claims, now_secs);
     };
-    let hash = token_hash(token);
+    let hash = cache.hash(token);
     if let Some(claims) = cache.get(&hash, now_ms) {
         return check_claims(settings, &claims, now_secs);
     }

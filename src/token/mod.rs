@@ -215,7 +215,7 @@ mod tests {
         use crate::token::cache::ClaimsCache;
         use std::time::Duration;
         let mut config = testkit::config();
-        let mut cache = ClaimsCache::new(8, Duration::from_secs(300));
+        let mut cache = ClaimsCache::new(8, Duration::from_secs(300), [7; 16]);
         let token = testkit::rs256(&with(json!({"exp": NOW + 100})));
         let at = |secs: u64| secs * 1000;
         assert!(verify(&config.token, None, Some(&mut cache), &token, at(NOW)).is_ok());

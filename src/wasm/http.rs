@@ -401,6 +401,14 @@ impl HttpContext for Http {
     fn on_log(&mut self) {
         if let (Some(stats), Some(_)) = (&self.stats, &self.exchange) {
             stats.record(stats.filter_time_us, self.busy_ns / 1000);
+            // Misses are counted by the cache and published here, so a hit costs no host call.
+            let misses = self
+                .verified
+                .as_ref()
+                .map_or(0, |c| c.borrow_mut().take_misses());
+            if misses > 0 {
+                let _ = host::increment_metric(stats.token_cache_misses, misses as i64);
+            }
         }
     }
 }

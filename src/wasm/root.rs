@@ -236,8 +236,19 @@ impl RootContext for Root {
                     }
                 }
                 if let Some((entries, lifetime)) = config.claims_cache_size() {
-                    self.verified =
-                        Some(Rc::new(RefCell::new(ClaimsCache::new(entries, lifetime))));
+                    // The cache key must be secret: without randomness there is no cache (every
+                    // token is verified), never a guessable key.
+                    let mut key = [0u8; 16];
+                    match getrandom::getrandom(&mut key) {
+                        Ok(()) => {
+                            let cache = ClaimsCache::new(entries, lifetime, key);
+                            self.verified = Some(Rc::new(RefCell::new(cache)));
+                        }
+                        Err(_) => log(
+                            LogLevel::Warn,
+                            "otp-filter: no randomness for the verified-token cache key; running without the cache",
+                        ),
+                    }
                 }
                 self.config = Some(Rc::new(config));
                 // Fetch the key set now rather than on the first tick: a VM that replaces a

@@ -24,6 +24,7 @@ pub struct Stats {
     pub credential_latency_ms: u32,
     pub authority_latency_ms: u32,
     pub filter_time_us: u32,
+    pub token_cache_misses: u32,
 }
 
 impl Stats {
@@ -57,6 +58,7 @@ impl Stats {
             credential_latency_ms: histogram(stats::CREDENTIAL_LATENCY_MS)?,
             authority_latency_ms: histogram(stats::AUTHORITY_LATENCY_MS)?,
             filter_time_us: histogram(stats::FILTER_TIME_US)?,
+            token_cache_misses: counter(stats::TOKEN_CACHE_MISSES)?,
         })
     }
 
