@@ -27,6 +27,7 @@ SPEC_FIELDS = {
     ("networking.istio.io/v1alpha3", "EnvoyFilter"): {
         "workloadSelector", "targetRefs", "configPatches", "priority",
     },
+    ("security.istio.io/v1", "RequestAuthentication"): {"selector", "targetRef", "targetRefs", "jwtRules"},
     ("networking.istio.io/v1beta1", "DestinationRule"): {
         "host", "trafficPolicy", "subsets", "exportTo", "workloadSelector",
     },
