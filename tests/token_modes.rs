@@ -59,6 +59,17 @@ fn jwt_authn_mode_trusts_envoys_verification() {
         ),
     );
     assert_error(&no_token, 401, "token-missing");
+    // A token in the query string is no token (`from_headers`: the Authorization header only).
+    let in_query = send(
+        port,
+        &request(
+            "POST",
+            &format!("{OTP_PATH}?access_token={}", token()),
+            &[("content-type", "application/json")],
+            Some(PIN),
+        ),
+    );
+    assert_error(&in_query, 401, "token-missing");
     assert_error(
         &create_otp(port, &token_claims(r#"{"exp":1000}"#), PIN),
         401,
