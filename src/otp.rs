@@ -10,10 +10,6 @@
 //! key multiplies the candidates a guess is compared with: one guess is accepted by chance with
 //! probability `keys × lifetime/step / 10^digits` (1 key, 5 steps, 6 digits: 1 in 200,000).
 
-use hmac::{Mac, SimpleHmac};
-use sha1::Sha1;
-use sha2::{Sha256, Sha512};
-
 use crate::secret::Secret;
 use crate::timefmt::rfc3339_millis;
 
@@ -35,21 +31,15 @@ impl HmacAlgorithm {
     }
 
     pub fn hmac(self, key: &[u8], message: &[u8]) -> Vec<u8> {
-        // SimpleHmac accepts keys of any length; `new_from_slice` cannot fail for it.
-        fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
-            match <M as Mac>::new_from_slice(key) {
-                Ok(mut mac) => {
-                    mac.update(message);
-                    mac.finalize().into_bytes().to_vec()
-                }
-                Err(_) => Vec::new(),
-            }
-        }
-        match self {
-            Self::Sha1 => run::<SimpleHmac<Sha1>>(key, message),
-            Self::Sha256 => run::<SimpleHmac<Sha256>>(key, message),
-            Self::Sha512 => run::<SimpleHmac<Sha512>>(key, message),
-        }
+        // HOTP/TOTP (RFC 4226, 6238) are defined over HMAC-SHA-1 too; ring names it "legacy use".
+        let algorithm = match self {
+            Self::Sha1 => ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+            Self::Sha256 => ring::hmac::HMAC_SHA256,
+            Self::Sha512 => ring::hmac::HMAC_SHA512,
+        };
+        ring::hmac::sign(&ring::hmac::Key::new(algorithm, key), message)
+            .as_ref()
+            .to_vec()
     }
 }
 

@@ -48,8 +48,13 @@ fn built(path: PathBuf) -> PathBuf {
 pub fn envoy_bin() -> PathBuf {
     built(root().join(".venv/bin/envoy"))
 }
+/// The release .wasm, or the build `OTP_FILTER_WASM` names (an A/B of two builds, or the
+/// `dist/` artifact of `make release`).
 pub fn wasm() -> PathBuf {
-    built(root().join("target/wasm32-wasip1/release/otp_filter.wasm"))
+    match std::env::var_os("OTP_FILTER_WASM") {
+        Some(path) => built(PathBuf::from(path)),
+        None => built(root().join("target/wasm32-wasip1/release/otp_filter.wasm")),
+    }
 }
 pub fn service_bin() -> PathBuf {
     built(root().join("target/release/credential-service"))

@@ -16,8 +16,6 @@
 
 use std::fmt;
 
-use sha2::Digest;
-
 use crate::state::store::{self as shared_store, SharedStore, StoreError, Update};
 use crate::state::table::{digest16, Table};
 
@@ -95,10 +93,10 @@ impl fmt::Display for LedgerError {
 pub fn code_id(key_id: &str, user: &str, counter: u64) -> [u8; 16] {
     digest16(|hasher| {
         for part in [key_id.as_bytes(), user.as_bytes()] {
-            hasher.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
+            hasher.update(&u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
             hasher.update(part);
         }
-        hasher.update(counter.to_be_bytes());
+        hasher.update(&counter.to_be_bytes());
     })
 }
 

@@ -8,8 +8,6 @@
 //! writer in the same `vm_id`. `valid` reads it as empty; what that means for the records it may
 //! have held is each record type's decision (the ledger fences it, the throttle resets it).
 
-use sha2::{Digest, Sha256};
-
 use crate::state::store::{self, SharedStore, StoreError, Update};
 
 pub struct Table {
@@ -93,12 +91,12 @@ impl Table {
 }
 
 /// The first 16 bytes of SHA-256 over what `feed` writes: the identity records carry.
-pub fn digest16(feed: impl FnOnce(&mut Sha256)) -> [u8; 16] {
-    let mut hasher = Sha256::new();
+pub fn digest16(feed: impl FnOnce(&mut ring::digest::Context)) -> [u8; 16] {
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     feed(&mut hasher);
-    let digest = hasher.finalize();
+    let digest = hasher.finish();
     let mut id = [0u8; 16];
-    for (out, byte) in id.iter_mut().zip(digest.iter()) {
+    for (out, byte) in id.iter_mut().zip(digest.as_ref()) {
         *out = *byte;
     }
     id

@@ -22,8 +22,6 @@
 
 use std::time::Duration;
 
-use sha2::Digest;
-
 use crate::state::store::{self as shared_store, SharedStore, StoreError, Update};
 use crate::state::table::{digest16, Table};
 

@@ -265,6 +265,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        super::refresh_log_level();
         self.fetch_jwks_if_due(false);
         self.sweep_if_due();
     }
