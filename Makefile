@@ -69,11 +69,19 @@ validate: build $(ENVOY_STAMP)
 layout:
 	@python3 tools/layout.py
 
+# Supply chain (deny.toml): licenses, bans and sources from Cargo.lock, with cargo-deny offline (the
+# advisories check needs the RustSec database from the network and is not run here). cargo fetch
+# first: cargo-deny reads every platform's crates (windows-sys, ...), which the builds skip.
+CARGO_DENY_VERSION := 0.20.2
+
 lint: wasm-target layout
 	cargo fmt --all -- --check
 	cd fuzz && cargo fmt -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p otp-filter --target wasm32-wasip1 -- -D warnings
+	@command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --version $(CARGO_DENY_VERSION)
+	cargo fetch --locked --quiet
+	cargo deny --workspace --offline check --hide-inclusion-graph licenses bans sources
 
 # The fuzz smoke run goes first so that cargo test's summary closes the output.
 test: lint validate fuzz-smoke build-crash-test
