@@ -9,6 +9,7 @@ pub mod jwk;
 pub mod jwks;
 mod jws;
 pub mod jwt_authn;
+pub mod rsa2048;
 
 pub use bearer::bearer_token;
 pub use claims::{check_claims, check_verified_claims, LinkedIdentityRule};
