@@ -82,6 +82,9 @@ fn counters_after_a_known_sequence() {
             ("otp_filter.outcome.otp_not_valid", 1),
             ("otp_filter.outcome.token_malformed", 1),
             ("otp_filter.outcome.verified", 1),
+            // One worker: the new token's signature was checked once, then the cache served it;
+            // the malformed "x" was looked up too, and refused by the signature check.
+            ("otp_filter.token.cache_misses", 2),
         ]
     );
     // Every outcome and result exists from the start.

@@ -326,7 +326,11 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
                 "PS256" => (Algorithm::Ps256, &signature::RSA_PSS_2048_8192_SHA256, None),
                 other => return Err(unsupported(other)),
             };
-            let prepared = hash.and_then(|hash| rsa2048::Prepared::new(&n, &e, hash)).map(Box::new);
+            // In wasm only: natively ring's assembly is faster (15 µs against 24).
+            let prepared = hash
+                .filter(|_| cfg!(target_arch = "wasm32"))
+                .and_then(|hash| rsa2048::Prepared::new(&n, &e, hash))
+                .map(Box::new);
             (algorithm, Verifying::Rsa { n, e, params, prepared })
         }
         "EC" => match (crv, alg) {
