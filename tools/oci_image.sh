@@ -34,7 +34,7 @@ build() {
   scratch=$(mktemp -d)
   # shellcheck disable=SC2064 # expand now: $scratch is local
   trap "rm -rf '$scratch'" EXIT
-  # A private, throwaway containers-storage: nothing lands in /var/lib/containers, and the vfs
+  # A private, throwaway containers-storage: no image is stored in /var/lib/containers, and the vfs
   # driver works as root inside a container, where overlay mounts are refused. Nothing is RUN in
   # the image, so no isolation or runtime is needed.
   local b=(buildah --root "$scratch/root" --runroot "$scratch/run" --storage-driver vfs)
