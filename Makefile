@@ -28,6 +28,12 @@ TOKEN_BIN     := target/release/demo-token
 DEMO_CALLOUT_AUTH := Bearer dev-only-credential-secret
 # The demo's user store: a SQLite file, created and seeded with the demo users on first use.
 DEMO_DATABASE_URL := sqlite://target/demo-credentials.db
+# Releases: the version is the package's, from Cargo.toml; artifacts go to dist/ (docs/releasing.md).
+VERSION       := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+DIST          := dist
+OCI_ARCHIVE   := $(DIST)/otp_filter-$(VERSION).oci.tar
+# The registry/repository the released manifests pin the image to (by digest).
+OCI_REPO      ?= registry.example.com/pace/otp-filter
 
 .PHONY: all build wasm-target run token test validate lint layout clean build-crash-test bench-native bench-envoy bench-authority fuzz fuzz-smoke fuzz-tools bench soak soak-fleet
 
@@ -106,8 +112,38 @@ lint: wasm-target layout
 	cargo deny --workspace --offline check --hide-inclusion-graph licenses bans sources
 
 # The fuzz smoke run goes first so that cargo test's summary closes the output.
-test: lint validate fuzz-smoke build-crash-test
+test: lint validate fuzz-smoke build-crash-test oci-test
 	cargo test --workspace
+
+.PHONY: oci oci-test release
+
+# The release .wasm as an OCI image, the "compat" Wasm image both Istio's WasmPlugin and Envoy
+# Gateway pull (one gzip layer holding plugin.wasm; why: docs/releasing.md), as an oci-archive in
+# dist/, with its digest beside it. Built by buildah, without a daemon or a registry. The digest
+# follows from the .wasm bytes, so it changes with every .wasm: compute it, never write it down.
+oci: build
+	@mkdir -p $(DIST)
+	tools/oci_image.sh build $(WASM) $(VERSION) $(OCI_ARCHIVE) > $(OCI_ARCHIVE).digest
+	@echo "$(OCI_ARCHIVE): $$(cat $(OCI_ARCHIVE).digest)"
+
+# Part of make test (~1 s): pushes the image to a throwaway docker-registry on 127.0.0.1, pulls it
+# back by digest, checks the media types and that plugin.wasm is the release .wasm byte for byte.
+oci-test: oci $(ENVOY_STAMP)
+	$(VENV)/bin/python tests/oci_roundtrip.py $(OCI_ARCHIVE) $(WASM) $(VERSION)
+
+# dist/: the .wasm, its .sha256 (sha256sum -c), the OCI image and the Kubernetes manifests with
+# the image pinned by digest at $(OCI_REPO). From a clean checkout only, since the .wasm names its
+# commit (RELEASE_ALLOW_DIRTY=1 to try it out). Tagging and pushing: docs/releasing.md.
+release: oci $(ENVOY_STAMP)
+	@grep -q '^## \[$(VERSION)\]' CHANGELOG.md || { echo "CHANGELOG.md has no entry for $(VERSION)"; exit 1; }
+	@test -n "$(RELEASE_ALLOW_DIRTY)" || test -z "$$(git status --porcelain)" || \
+	  { echo "uncommitted changes: the .wasm would not match its commit (RELEASE_ALLOW_DIRTY=1 to try anyway)"; exit 1; }
+	cp $(WASM) $(DIST)/otp_filter-$(VERSION).wasm
+	cd $(DIST) && sha256sum otp_filter-$(VERSION).wasm > otp_filter-$(VERSION).wasm.sha256 && sha256sum -c otp_filter-$(VERSION).wasm.sha256
+	rm -rf $(DIST)/manifests
+	$(VENV)/bin/python tools/release_manifests.py --repo $(OCI_REPO) --digest "$$(cat $(OCI_ARCHIVE).digest)" \
+	  --version $(VERSION) --out $(DIST)/manifests
+	@echo; echo "otp-filter $(VERSION) in $(DIST)/: image $$(cat $(OCI_ARCHIVE).digest). Next: docs/releasing.md"
 
 # TEST-ONLY .wasm for tests/failure_policy.rs: the `crash-test` feature adds a header that panics
 # the filter. Its own cheap profile and directory (target/wasm32-wasip1/crash-test/), so the
