@@ -11,8 +11,8 @@ may only name the fields its type declares (a misspelled `vmConfig.env[].valueFr
 `securityContext` field fails), enum fields take only their declared values, and types and required
 fields are checked. Why types and not the packages' validate() functions: those are compiled JSON
 schema validators that let unknown fields through (the CRDs do not say additionalProperties: false;
-the API server prunes instead), and they need Node.js 22 where the machine has 20. tsc only reads
-the type declarations, so the Node.js version does not matter.
+the API server prunes instead), and the packages declare Node.js 22 where the machine has 20. tsc
+only reads the type declarations, so the Node.js version does not matter.
 
 Not checked here: free-form fields (`pluginConfig`, EnvoyFilter patch values, EnvoyExtensionPolicy
 wasm config are `{}` in the CRDs), string formats and patterns, and the CRDs' CEL rules.
@@ -35,8 +35,7 @@ PACKAGES = [
     (re.compile(r"gateway\.envoyproxy\.io$"), "@kubernetes-models/envoy-gateway"),
 ]
 TS_ERROR = re.compile(r"^(?P<file>[^(]+)\((?P<line>\d+),\d+\): error (?P<code>TS\d+): (?P<msg>.*)$")
-UNKNOWN_FIELD = re.compile(r"known properties, (?:and|but) '\"?(?P<field>[^'\"]+)\"?' does not exist"
-                           r"(?:.*Did you mean to write '(?P<hint>[^']+)')?")
+UNKNOWN_FIELD = re.compile(r"known properties, (?:and|but) '\"?(?P<field>[^'\"]+)\"?' does not exist")
 
 
 def model_module(api_version, kind):
@@ -76,10 +75,55 @@ def describe(code, msg):
     """The part of tsc's message a reader needs; the long type dumps are cut."""
     m = UNKNOWN_FIELD.search(msg)
     if m:
-        hint = f" (did you mean {m['hint']!r}?)" if m["hint"] else ""
-        return f"unknown field {m['field']!r}{hint}"
+        return f"unknown field {m['field']!r}"
     msg = re.sub(r"'([^']{80})[^']+'", r"'\1…'", msg)
     return f"{msg} [{code}]"
+
+
+def typescript(docs):
+    """One TypeScript module that types each document with its model, and for each of its lines
+    the documents (`where`) and the path it stands for (None for an import); plus the documents
+    no package models."""
+    problems, modules, typed = [], {}, []
+    for where, doc in docs:
+        module = model_module(str(doc.get("apiVersion", "")), str(doc.get("kind", "")))
+        if module is None:
+            problems.append(f"{where}: no model for apiVersion {doc.get('apiVersion')!r}")
+            continue
+        modules.setdefault(module, []).append(where)
+        typed.append((where, doc, module))
+    lines, origins = [], []
+    alias = {}
+    for i, ((path, name), users) in enumerate(modules.items()):
+        alias[(path, name)] = f"M{i}"
+        lines.append(f"import type {{ {name} as M{i} }} from {json.dumps(path)};")
+        origins.append((users, None))
+    for n, (where, doc, module) in enumerate(typed):
+        body = list(literal_lines(doc, []))
+        body[0] = (f"export const d{n}: {alias[module]} = " + body[0][0], body[0][1])
+        body[-1] = ("};", body[-1][1])
+        for text, path in body:
+            lines.append(text)
+            origins.append(([where], path))
+    return lines, origins, problems
+
+
+def tsc(lines):
+    """tsc's output on `lines` as a strict ES module; the scratch directory lies inside
+    tools/manifest-models so that the models resolve from its node_modules."""
+    scratch = tempfile.mkdtemp(prefix=".check-", dir=MODELS)
+    try:
+        with open(os.path.join(scratch, "manifests.mts"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        with open(os.path.join(scratch, "tsconfig.json"), "w") as f:
+            json.dump({"compilerOptions": {
+                "strict": True, "noEmit": True, "module": "nodenext", "moduleResolution": "nodenext",
+                "target": "es2022", "skipLibCheck": True, "types": [],
+            }, "files": ["manifests.mts"]}, f)
+        return subprocess.run(["node", TSC, "-p", scratch, "--pretty", "false"],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def schema_problems(docs):
@@ -87,57 +131,20 @@ def schema_problems(docs):
     if not os.path.exists(TSC):
         return ["manifest models are not installed: run `make validate` "
                 "(npm ci in tools/manifest-models)"]
-    problems, lines, imports = [], [], {}
-    line_of = []  # index: generated line - 1 -> (where, path)
-    checked = []
-    for where, doc in docs:
-        module = model_module(str(doc.get("apiVersion", "")), str(doc.get("kind", "")))
-        if module is None:
-            problems.append(f"{where}: no model for apiVersion {doc.get('apiVersion')!r}")
-            continue
-        imports.setdefault(module, []).append(where)
-        checked.append((where, doc, module))
-    header = []
-    for i, ((path, name), users) in enumerate(imports.items()):
-        header.append((f"import type {{ {name} as M{i} }} from {json.dumps(path)};", users))
-    alias = {module: f"M{i}" for i, module in enumerate(imports)}
-    for text, users in header:
-        lines.append(text)
-        line_of.append((users, None))
-    for n, (where, doc, module) in enumerate(checked):
-        body = list(literal_lines(doc, []))
-        body[0] = (f"export const d{n}: {alias[module]} = " + body[0][0], body[0][1])
-        body[-1] = ("};", body[-1][1])
-        for text, path in body:
-            lines.append(text)
-            line_of.append(([where], path))
-    if not checked:
+    lines, origins, problems = typescript(docs)
+    if len(lines) == 0:
         return problems
-    scratch = tempfile.mkdtemp(prefix=".check-", dir=MODELS)
-    try:
-        source = os.path.join(scratch, "manifests.mts")
-        with open(source, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        with open(os.path.join(scratch, "tsconfig.json"), "w") as f:
-            json.dump({"compilerOptions": {
-                "strict": True, "noEmit": True, "module": "nodenext", "moduleResolution": "nodenext",
-                "target": "es2022", "skipLibCheck": True, "types": [],
-            }, "files": ["manifests.mts"]}, f)
-        run = subprocess.run(["node", TSC, "-p", scratch, "--pretty", "false"],
-                             capture_output=True, text=True, timeout=300)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    found = 0
+    run, located = tsc(lines), 0
     for out_line in run.stdout.splitlines():
         m = TS_ERROR.match(out_line)
-        if not m or int(m["line"]) > len(line_of):
+        if not m or not 0 < int(m["line"]) <= len(origins):
             continue
-        found += 1
-        users, path = line_of[int(m["line"]) - 1]
+        located += 1
+        users, path = origins[int(m["line"]) - 1]
         if path is None:  # an import: the package has no such model
             problems += [f"{w}: no model for this apiVersion/kind ({m['msg']})" for w in users]
         else:
             problems.append(f"{users[0]}: {dotted(path)}: {describe(m['code'], m['msg'])}")
-    if run.returncode != 0 and not found:
+    if run.returncode != 0 and not located:
         problems.append(f"tsc failed without a located error:\n{run.stdout}{run.stderr}")
     return problems
