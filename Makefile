@@ -64,6 +64,17 @@ $(ENVOY_STAMP): $(SCHEMATHESIS_CONSTRAINTS)
 	  matplotlib==$(MATPLOTLIB_VERSION) schemathesis==$(SCHEMATHESIS_VERSION) -c $(SCHEMATHESIS_CONSTRAINTS)
 	@touch $@
 
+# The models tests/check_manifests.py checks the Kubernetes manifests against, from npm, pinned with
+# their dependencies in tools/manifest-models/package-lock.json: kubernetes-models 5.1.0 (Kubernetes
+# 1.36.0), @kubernetes-models/istio 3.0.1 (Istio 1.29.2), @kubernetes-models/envoy-gateway 2.0.0, and
+# typescript 6.0.3 to type-check them. Only type declarations are read, so the packages' Node.js 22
+# requirement does not apply (no install scripts run, and their code never does).
+MODELS        := tools/manifest-models
+MODELS_STAMP  := $(MODELS)/node_modules/.installed
+$(MODELS_STAMP): $(MODELS)/package-lock.json
+	npm ci --prefix $(MODELS) --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # Prints a demo bearer token for demo-user. CLAIMS='{"exp":1}' merges claims over the defaults.
 token:
 	@test -x $(TOKEN_BIN) || cargo build --quiet --release -p credential-service --bin demo-token
@@ -84,8 +95,8 @@ run: build $(ENVOY_STAMP)
 	wait $$envoy
 
 # Every Envoy YAML under envoy/ must pass Envoy's own validation (which also runs on_configure);
-# the Kubernetes manifests in envoy/*/ are checked against their CRDs' fields.
-validate: build $(ENVOY_STAMP)
+# the Kubernetes manifests in envoy/*/ are checked against models of their CRDs (MODELS above).
+validate: build $(ENVOY_STAMP) $(MODELS_STAMP)
 	@$(VENV)/bin/python tests/check_manifests.py
 	@for f in envoy/*.yaml; do \
 	  $(ENVOY) --mode validate --disable-hot-restart -l error -c $$f >/dev/null || { echo "invalid: $$f"; exit 1; }; \

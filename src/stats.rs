@@ -1,7 +1,7 @@
 //! The filter's stats: names only (host-free); the adapter defines them with Envoy and counts.
 //!
 //! Every stat is `otp_filter.<group>.<name>`, so one `stats_tags` regex per group turns the last
-//! part into a tag (see `envoy/envoy.yaml`): `otp_filter.outcome.issued` becomes
+//! part into a tag (`envoy/stats/tags.yaml`): `otp_filter.outcome.issued` becomes
 //! `otp_filter.outcome{otp_outcome="issued"}` in `/stats/prometheus`.
 
 use crate::callout::authority::AuthorityResult;

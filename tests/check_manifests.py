@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""Checks the Kubernetes manifests under envoy/ (Istio, Envoy Gateway) without a cluster.
+"""Checks the Kubernetes manifests under envoy/istio and envoy/envoy-gateway without a cluster.
 
-Every document must parse, have a known apiVersion/kind, use only the spec fields its CRD defines
-(the lists below are taken from the CRDs: Istio 1.27 WasmPlugin/EnvoyFilter/DestinationRule, Envoy
-Gateway v1alpha1 EnvoyExtensionPolicy; Kubernetes apps/v1 Deployment and v1 Service), and use valid
-enum values. The credential service's Deployment must also run non-root on a read-only root
-filesystem, probe /healthz and /readyz, set resources, take its secrets from a Secret that exists,
-and be reached by a Service whose selector and ports match it and the DestinationRule's host. `--plugin-configs` prints the
-filter configurations found (WasmPlugin.pluginConfig, EnvoyExtensionPolicy wasm[].config) as JSON,
-for tests/deploy_manifests.rs to run through the filter's own config validation.
+Every document must parse and match the model of its apiVersion/kind, generated from the real CRDs
+and the Kubernetes OpenAPI (tests/manifest_schemas.py: strict at every depth, unknown fields fail).
+The checks here are the ones no schema makes: the credential service's Deployment must run non-root
+on a read-only root filesystem, probe /healthz and /readyz, set resources, take its secrets from a
+Secret that exists, and be reached by a Service whose selector and ports match it and the
+DestinationRule's host; the gateway must hand the filter its secrets and merge the stats tags. The
+stats tags of every shipped Envoy config and mesh setting must be those of envoy/stats/tags.yaml, the
+one source (Envoy's YAML cannot include files). `--plugin-configs` prints the filter configurations
+found (WasmPlugin.pluginConfig, EnvoyExtensionPolicy wasm[].config) as JSON, for
+tests/deploy_manifests.rs to run through the filter's own config validation; `--mesh-stats` prints
+the Istio and Envoy Gateway stats settings for tests/mesh_stats.rs. `--root DIR` checks the envoy/
+tree under DIR instead (the negative tests use a mutated copy).
 """
 import glob
 import json
@@ -17,117 +21,46 @@ import sys
 
 import yaml
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+from manifest_schemas import schema_problems
 
-SPEC_FIELDS = {
-    ("extensions.istio.io/v1alpha1", "WasmPlugin"): {
-        "selector", "targetRef", "targetRefs", "url", "sha256", "imagePullPolicy", "imagePullSecret",
-        "pluginConfig", "pluginName", "phase", "priority", "failStrategy", "vmConfig", "match", "type",
-    },
-    ("networking.istio.io/v1alpha3", "EnvoyFilter"): {
-        "workloadSelector", "targetRefs", "configPatches", "priority",
-    },
-    ("security.istio.io/v1", "RequestAuthentication"): {"selector", "targetRef", "targetRefs", "jwtRules"},
-    ("networking.istio.io/v1beta1", "DestinationRule"): {
-        "host", "trafficPolicy", "subsets", "exportTo", "workloadSelector",
-    },
-    ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"): {
-        "targetRef", "targetRefs", "targetSelectors", "wasm", "extProc", "lua",
-    },
-    ("apps/v1", "Deployment"): {
-        "replicas", "selector", "template", "strategy", "minReadySeconds", "revisionHistoryLimit",
-        "progressDeadlineSeconds", "paused",
-    },
-    ("v1", "Service"): {
-        "selector", "ports", "type", "clusterIP", "clusterIPs", "externalIPs", "sessionAffinity",
-        "loadBalancerIP", "loadBalancerSourceRanges", "externalName", "externalTrafficPolicy",
-        "healthCheckNodePort", "publishNotReadyAddresses", "sessionAffinityConfig", "ipFamilies",
-        "ipFamilyPolicy", "allocateLoadBalancerNodePorts", "loadBalancerClass", "internalTrafficPolicy",
-        "trafficDistribution",
-    },
-    ("v1", "Secret"): None,  # core type, no spec
-}
-POD_SPEC_FIELDS = {
-    "containers", "initContainers", "volumes", "securityContext", "serviceAccountName",
-    "automountServiceAccountToken", "terminationGracePeriodSeconds", "affinity", "tolerations",
-    "nodeSelector", "topologySpreadConstraints", "priorityClassName", "imagePullSecrets",
-    "enableServiceLinks", "dnsPolicy", "restartPolicy",
-}
-CONTAINER_FIELDS = {
-    "name", "image", "imagePullPolicy", "command", "args", "ports", "env", "envFrom", "resources",
-    "livenessProbe", "readinessProbe", "startupProbe", "securityContext", "volumeMounts",
-    "workingDir", "lifecycle", "terminationMessagePolicy",
-}
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+MANIFEST_DIRS = ("istio", "envoy-gateway")
+# The plain Envoy configs that carry the tags themselves (envoy --mode validate runs on them).
+ENVOY_CONFIGS = ("envoy.yaml", "envoy-jwt-authn.yaml", "envoy-introspection.yaml")
+# The stat prefix every filter stat has in Envoy (src/stats.rs, under Envoy's "wasmcustom.").
+STAT_PREFIX = "wasmcustom.otp_filter."
 # Secrets the service reads from the environment: never inline values, always a secretKeyRef.
 SERVICE_SECRET_ENV = {"CREDENTIAL_SERVICE_AUTH", "CREDENTIAL_SERVICE_DATABASE_URL"}
 PEPPER_ENV = {"CREDENTIAL_SERVICE_PEPPER", "CREDENTIAL_SERVICE_PEPPERS"}
-ENUMS = {
-    "phase": {"UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"},
-    "failStrategy": {"FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"},
-    "imagePullPolicy": {"UNSPECIFIED_POLICY", "IfNotPresent", "Always"},
-    "applyTo": {"INVALID", "LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION",
-                "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"},
-    "operation": {"INVALID", "MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "REPLACE"},
-    "context": {"ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"},
-}
-VM_ENV_FIELDS = {"name", "value", "valueFrom"}
-VM_ENV_FROM = {"INLINE", "HOST"}
-EEP_WASM_FIELDS = {"name", "rootID", "code", "config", "failOpen", "env"}
 
 
 def problems_of(doc, where):
+    """What the schema cannot say about one document; it runs once the schema check passed."""
     out = []
-    api, kind = doc.get("apiVersion"), doc.get("kind")
-    if (api, kind) not in SPEC_FIELDS:
-        return [f"{where}: unknown apiVersion/kind {api}/{kind}"]
+    kind, spec = doc.get("kind"), doc.get("spec") or {}
+    # The models leave metadata.name optional (generateName); an applied manifest needs a name.
     if not doc.get("metadata", {}).get("name"):
         out.append(f"{where}: metadata.name is required")
-    allowed = SPEC_FIELDS[(api, kind)]
-    if allowed is None:
-        return out
-    spec = doc.get("spec")
-    if not isinstance(spec, dict):
-        return out + [f"{where}: spec must be an object"]
-    out += [f"{where}: spec.{k} is not a field of {kind}" for k in spec if k not in allowed]
-    for field in ("phase", "failStrategy", "imagePullPolicy"):
-        if field in spec and spec[field] not in ENUMS[field]:
-            out.append(f"{where}: spec.{field}: {spec[field]!r} is not one of {sorted(ENUMS[field])}")
-    if kind == "WasmPlugin":
-        if not spec.get("url"):
-            out.append(f"{where}: spec.url is required")
-        for e in spec.get("vmConfig", {}).get("env", []):
-            out += [f"{where}: vmConfig.env.{k} is not a field" for k in e if k not in VM_ENV_FIELDS]
-            if e.get("valueFrom", "INLINE") not in VM_ENV_FROM:
-                out.append(f"{where}: vmConfig.env.valueFrom must be INLINE or HOST")
-    if kind == "EnvoyFilter":
-        for p in spec.get("configPatches", []):
-            for field, value in (("applyTo", p.get("applyTo")), ("operation", p.get("patch", {}).get("operation")),
-                                 ("context", p.get("match", {}).get("context", "ANY"))):
-                if value not in ENUMS[field]:
-                    out.append(f"{where}: configPatches.{field}: {value!r} is not valid")
-    if kind == "EnvoyExtensionPolicy":
-        for w in spec.get("wasm", []):
-            out += [f"{where}: wasm.{k} is not a field" for k in w if k not in EEP_WASM_FIELDS]
-            if w.get("code", {}).get("type") not in {"HTTP", "Image", "ConfigMap"}:
-                out.append(f"{where}: wasm.code.type must be HTTP, Image or ConfigMap")
+    if kind == "WasmPlugin" and not spec.get("url"):
+        out.append(f"{where}: spec.url is required: without a module the filter never runs")
     if kind == "Deployment":
-        out += deployment_problems(spec, where)
-    if kind == "Service":
-        for p in spec.get("ports", []):
-            if not isinstance(p.get("port"), int):
-                out.append(f"{where}: ports[].port must be an integer")
+        labels = spec["template"].get("metadata", {}).get("labels", {})
+        selector = spec["selector"].get("matchLabels", {})
+        if not selector or any(labels.get(k) != v for k, v in selector.items()):
+            out.append(f"{where}: selector.matchLabels must match the pod template's labels")
+        if runs_credential_service(spec):
+            out += deployment_problems(spec, where)
     return out
+
+
+def runs_credential_service(spec):
+    containers = spec.get("template", {}).get("spec", {}).get("containers", [])
+    return any(c.get("name") == "credential-service" for c in containers)
 
 
 def deployment_problems(spec, where):
     out = []
-    template = spec.get("template", {})
-    labels = template.get("metadata", {}).get("labels", {})
-    selector = spec.get("selector", {}).get("matchLabels", {})
-    if not selector or any(labels.get(k) != v for k, v in selector.items()):
-        out.append(f"{where}: selector.matchLabels must match the pod template's labels")
-    pod = template.get("spec", {})
-    out += [f"{where}: template.spec.{k} is not a field of PodSpec" for k in pod if k not in POD_SPEC_FIELDS]
+    pod = spec.get("template", {}).get("spec", {})
     pod_sc = pod.get("securityContext", {})
     if pod_sc.get("runAsNonRoot") is not True:
         out.append(f"{where}: securityContext.runAsNonRoot must be true")
@@ -136,7 +69,6 @@ def deployment_problems(spec, where):
         out.append(f"{where}: no containers")
     for c in containers:
         cw = f"{where} container {c.get('name')}"
-        out += [f"{cw}: {k} is not a field of Container" for k in c if k not in CONTAINER_FIELDS]
         sc = c.get("securityContext", {})
         if sc.get("readOnlyRootFilesystem") is not True:
             out.append(f"{cw}: securityContext.readOnlyRootFilesystem must be true")
@@ -195,7 +127,7 @@ def cross_checks(docs_by_kind):
         matching = [(w, s) for w, s in services
                     if s["metadata"].get("namespace") == ns and s["spec"].get("selector")
                     and all(labels.get(k) == v for k, v in s["spec"]["selector"].items())]
-        if not matching:
+        if not matching and runs_credential_service(dep["spec"]):
             out.append(f"{where}: no Service selects its pods")
         for w, s in matching:
             for p in s["spec"].get("ports", []):
@@ -218,37 +150,151 @@ def cross_checks(docs_by_kind):
     return out
 
 
+def source_stats_config(root):
+    """The stats_config of envoy/stats/tags.yaml, the one source of the tag regexes."""
+    with open(os.path.join(root, "envoy", "stats", "tags.yaml")) as f:
+        return yaml.safe_load(f)["stats_config"]
+
+
+def stats_problems(root, docs_by_kind):
+    """Every place that sets the filter's stats tags has the source's, and the mesh settings are
+    wired: the Istio gateway mounts its override and keeps the filter's stats, Envoy Gateway merges."""
+    out, source = [], source_stats_config(root)
+    for name in ENVOY_CONFIGS:
+        with open(os.path.join(root, "envoy", name)) as f:
+            if yaml.safe_load(f).get("stats_config") != source:
+                out.append(f"envoy/{name}: stats_config differs from envoy/stats/tags.yaml")
+    config_maps = {(d["metadata"].get("namespace"), d["metadata"]["name"]): d
+                   for _, d in docs_by_kind.get("ConfigMap", [])}
+    for where, wp, gateways in wasm_plugin_gateways(docs_by_kind):
+        if not gateways:
+            out.append(f"{where}: no Deployment in {wp['metadata'].get('namespace')} has the pods its selector names")
+        host_env = [e["name"] for e in wp["spec"].get("vmConfig", {}).get("env", [])
+                    if e.get("valueFrom") == "HOST"]
+        for w, gw in gateways:
+            out += gateway_problems(w, gw, host_env, config_maps, source)
+    proxies = docs_by_kind.get("EnvoyProxy", [])
+    if docs_by_kind.get("EnvoyExtensionPolicy") and not proxies:
+        out.append("envoy/envoy-gateway: no EnvoyProxy merges the stats tags")
+    for where, proxy in proxies:
+        boot = proxy["spec"].get("bootstrap") or {}
+        if boot.get("type") != "Merge":
+            out.append(f"{where}: bootstrap.type must be Merge (Replace would drop Envoy Gateway's own)")
+        elif (yaml.safe_load(boot.get("value") or "") or {}).get("stats_config") != source:
+            out.append(f"{where}: bootstrap.value's stats_config differs from envoy/stats/tags.yaml")
+    return out
+
+
+def wasm_plugin_gateways(docs_by_kind):
+    """Each WasmPlugin with the Deployments (in its namespace) whose pods its selector names."""
+    for where, wp in docs_by_kind.get("WasmPlugin", []):
+        selector = wp["spec"].get("selector", {}).get("matchLabels", {})
+        ns = wp["metadata"].get("namespace")
+        yield where, wp, [(w, d) for w, d in docs_by_kind.get("Deployment", [])
+                          if d["metadata"].get("namespace") == ns and selector and all(
+                              d["spec"]["template"].get("metadata", {}).get("labels", {}).get(k) == v
+                              for k, v in selector.items())]
+
+
+def istio_proxy(gw):
+    return next((c for c in gw["spec"]["template"]["spec"].get("containers", [])
+                 if c.get("name") == "istio-proxy"), None)
+
+
+def bootstrap_override(gw, proxy, config_maps):
+    """The ISTIO_BOOTSTRAP_OVERRIDE path and the text of that file in the mounted ConfigMap."""
+    pod = gw["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in proxy.get("env", [])}
+    path = env.get("ISTIO_BOOTSTRAP_OVERRIDE", {}).get("value", "")
+    mount = next((m for m in proxy.get("volumeMounts", [])
+                  if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+    volume = next((v for v in pod.get("volumes", []) if mount and v.get("name") == mount["name"]), {})
+    cm = config_maps.get((gw["metadata"].get("namespace"), volume.get("configMap", {}).get("name")))
+    return path, (cm or {}).get("data", {}).get(os.path.basename(path))
+
+
+def inclusion_prefixes(gw):
+    annotations = gw["spec"]["template"].get("metadata", {}).get("annotations", {})
+    proxy_config = yaml.safe_load(annotations.get("proxy.istio.io/config", "")) or {}
+    return (proxy_config.get("proxyStatsMatcher") or {}).get("inclusionPrefixes", [])
+
+
+def gateway_problems(where, gw, host_env, config_maps, source):
+    proxy = istio_proxy(gw)
+    if proxy is None:
+        return [f"{where}: no istio-proxy container to hand the filter its environment"]
+    out, env = [], {e["name"]: e for e in proxy.get("env", [])}
+    for name in host_env:
+        if "secretKeyRef" not in env.get(name, {}).get("valueFrom", {}):
+            out.append(f"{where}: istio-proxy env {name} (vmConfig.env, HOST) must come from a Secret")
+    path, text = bootstrap_override(gw, proxy, config_maps)
+    if text is None:
+        out.append(f"{where}: ISTIO_BOOTSTRAP_OVERRIDE {path!r} is no file of a mounted ConfigMap")
+    elif (yaml.safe_load(text) or {}).get("stats_config") != source:
+        out.append(f"{where}: the bootstrap override's stats_config differs from envoy/stats/tags.yaml")
+    if not any(STAT_PREFIX.startswith(p) for p in inclusion_prefixes(gw)):
+        out.append(f"{where}: proxy.istio.io/config proxyStatsMatcher.inclusionPrefixes must keep {STAT_PREFIX}*")
+    return out
+
+
+def mesh_stats(docs_by_kind):
+    """What tests/mesh_stats.rs starts Envoy with: the Istio gateway's bootstrap override and
+    stats inclusion prefixes, and the EnvoyProxy's bootstrap merge."""
+    config_maps = {(d["metadata"].get("namespace"), d["metadata"]["name"]): d
+                   for _, d in docs_by_kind.get("ConfigMap", [])}
+    gateways = [gw for _, _, gws in wasm_plugin_gateways(docs_by_kind) for _, gw in gws]
+    proxies = [d for _, d in docs_by_kind.get("EnvoyProxy", [])]
+    return {
+        "istio": [{"bootstrap_override": bootstrap_override(gw, istio_proxy(gw), config_maps)[1],
+                   "inclusion_prefixes": inclusion_prefixes(gw)} for gw in gateways],
+        "envoy_gateway": [{"bootstrap_merge": p["spec"]["bootstrap"]["value"]} for p in proxies],
+    }
+
+
 def main():
-    files = sorted(glob.glob(os.path.join(ROOT, "envoy", "*", "*.yaml")))
-    problems, configs = [], []
+    root = ROOT
+    if "--root" in sys.argv:
+        root = sys.argv[sys.argv.index("--root") + 1]
+    files = sorted(f for d in MANIFEST_DIRS for f in glob.glob(os.path.join(root, "envoy", d, "*.yaml")))
+    problems, configs, docs = [], [], []
     docs_by_kind = {}
     for path in files:
-        rel = os.path.relpath(path, ROOT)
+        rel = os.path.relpath(path, root)
         with open(path) as f:
             try:
-                docs = [d for d in yaml.safe_load_all(f) if d is not None]
+                loaded = [d for d in yaml.safe_load_all(f) if d is not None]
             except yaml.YAMLError as e:
                 problems.append(f"{rel}: not YAML: {e}")
                 continue
-        for i, doc in enumerate(docs):
+        for i, doc in enumerate(loaded):
+            if not isinstance(doc, dict):
+                problems.append(f"{rel}[{i}]: not a Kubernetes object")
+                continue
             where = f"{rel}[{i}] {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-            problems += problems_of(doc, where)
+            docs.append((where, doc))
             docs_by_kind.setdefault(doc.get("kind"), []).append((where, doc))
             if doc.get("kind") == "WasmPlugin":
                 configs.append({"source": where, "config": doc["spec"].get("pluginConfig")})
             if doc.get("kind") == "EnvoyExtensionPolicy":
                 for w in doc["spec"].get("wasm", []):
                     configs.append({"source": where, "config": w.get("config")})
+    # The semantic checks read fields the schema check vouches for, so they run only after it.
+    problems += schema_problems(docs)
     if not problems:
-        problems += cross_checks(docs_by_kind)
+        for where, doc in docs:
+            problems += problems_of(doc, where)
+    if not problems:
+        problems += cross_checks(docs_by_kind) + stats_problems(root, docs_by_kind)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
     if "--plugin-configs" in sys.argv:
         print(json.dumps(configs))
+    elif "--mesh-stats" in sys.argv:
+        print(json.dumps(mesh_stats(docs_by_kind)))
     else:
         for path in files:
-            print(f"checked: {os.path.relpath(path, ROOT)}")
+            print(f"checked: {os.path.relpath(path, root)}")
     return 0
 
 

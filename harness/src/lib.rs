@@ -298,18 +298,28 @@ impl Envoy {
 
     /// Starts Envoy; `Err` carries its log when it exits before becoming ready.
     pub fn try_start(config: &str) -> Result<Self, String> {
-        Self::try_start_with(config, 1)
+        Self::try_start_with(config, 1, &[])
     }
 
     /// Starts Envoy with `workers` worker threads (one wasm VM each) and waits until it is ready.
     pub fn start_with_workers(config: &str, workers: u32) -> Self {
-        match Self::try_start_with(config, workers) {
+        match Self::try_start_with(config, workers, &[]) {
             Ok(envoy) => envoy,
             Err(log) => panic!("Envoy did not start:\n{log}"),
         }
     }
 
-    fn try_start_with(config: &str, workers: u32) -> Result<Self, String> {
+    /// Starts Envoy on `config` with `overlay` (YAML or JSON) merged into it by Envoy itself
+    /// (`--config-yaml`: protobuf merge, lists appended), as Istio's pilot-agent hands Envoy a
+    /// bootstrap override.
+    pub fn start_merged(config: &str, overlay: &str) -> Self {
+        match Self::try_start_with(config, 1, &["--config-yaml", overlay]) {
+            Ok(envoy) => envoy,
+            Err(log) => panic!("Envoy did not start:\n{log}"),
+        }
+    }
+
+    fn try_start_with(config: &str, workers: u32, extra: &[&str]) -> Result<Self, String> {
         let dir = scratch_dir();
         let config_path = dir.join("envoy.yaml");
         let admin_path = dir.join("admin-address");
@@ -328,6 +338,7 @@ impl Envoy {
                 "info",
             ])
             .args(["--component-log-level", "wasm:debug"])
+            .args(extra)
             // The log file is flushed on this interval (default 10 s); tests read it.
             .args(["--file-flush-interval-msec", "50"])
             .arg("--log-path")
