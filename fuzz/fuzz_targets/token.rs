@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     let settings = &config().token;
     if let Ok(token) = otp_filter::token::bearer_token(Some(&header)) {
         let _ = otp_filter::token::verify(settings, None, None, token, 1_800_000_000_000);
-        let mut cache = ClaimsCache::new(4, Duration::from_secs(60));
+        let mut cache = ClaimsCache::new(4, Duration::from_secs(60), [7; 16]);
         let _ =
             otp_filter::token::verify(settings, None, Some(&mut cache), token, 1_800_000_000_000);
     }
