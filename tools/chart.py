@@ -44,7 +44,7 @@ def thousands(v):
 
 def target_value(target):
     """The number of a target like '≥ 0.90', or None for a target in words (or '—')."""
-    m = re.fullmatch(r"\s*[≥>]=?\s*([0-9.]+)\s*", target)
+    m = re.search(r"[≥>]=?\s*([0-9]+(?:\.[0-9]+)?)", target)
     return float(m.group(1)) if m else None
 
 
@@ -53,7 +53,7 @@ def ratio_label(r):
     head = f"{r['num']} ÷ {r['den']}"
     if r["target"] in ("", "—"):
         return head
-    if target_value(r["target"]) is not None:
+    if re.fullmatch(r"\s*[≥>]=?\s*[0-9.]+\s*", r["target"]):
         return f"{head}   target {r['target']}"
     return head + "\n" + "\n".join(textwrap.wrap(r["target"], 48, max_lines=2, placeholder=" …"))
 
