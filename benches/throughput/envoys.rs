@@ -77,14 +77,15 @@ pub const COLD_CACHE_ENTRIES: usize = 64;
 
 const PEER_ROUTE: &str = "              - match: { prefix: \"/peer/\" }\n                route: { cluster: peer, timeout: 5s, prefix_rewrite: \"/\" }\n";
 
-/// (i), (k): config D with the one-time-use authority deciding (at the credential stub), so every
-/// code tried costs one more callout.
-fn with_authority(c: String) -> String {
+/// Who decides single use and guess limits: `"envoy"` (this Envoy's shared data) for D, whose
+/// (g) and (j) are the baseline, `"authority"` for F's (i) and (k), where every code tried costs
+/// one more callout (to the credential stub). The shipped config says `"authority"`.
+fn decided_by(c: String, who: &str) -> String {
     let at = c
         .find(DECIDED_BY)
         .expect("otp.decided_by in the shipped config");
     let end = at + c[at..].find(',').expect("a field after it");
-    format!("{}{DECIDED_BY}\"authority\"{}", &c[..at], &c[end..])
+    format!("{}{DECIDED_BY}\"{who}\"{}", &c[..at], &c[end..])
 }
 
 /// (h): config D with the bench-only floor filter (benches/floor-filter) in place of otp-filter.
@@ -188,9 +189,12 @@ pub fn start_all(
             true,
         ),
         Proxy::start(
-            "D: + /hop, /peer/, max_failures 100",
+            "D: + /hop, /peer/, max_failures 100, this Envoy deciding",
             &demo_config_split(cred_port, jwks_port, |c| {
-                let c = roomy_cache(hop_and_throttle(c, hop_port, peer_port));
+                let c = decided_by(
+                    roomy_cache(hop_and_throttle(c, hop_port, peer_port)),
+                    "envoy",
+                );
                 match std::env::var_os("BENCH_E_WASM") {
                     Some(path) => with_wasm(c, std::path::Path::new(&path)),
                     None => c,
@@ -208,7 +212,10 @@ pub fn start_all(
         Proxy::start(
             "F: D with the authority deciding",
             &demo_config_split(cred_port, jwks_port, |c| {
-                with_authority(roomy_cache(hop_and_throttle(c, hop_port, peer_port)))
+                decided_by(
+                    roomy_cache(hop_and_throttle(c, hop_port, peer_port)),
+                    "authority",
+                )
             }),
             true,
         ),
