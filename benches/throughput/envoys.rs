@@ -57,9 +57,9 @@ fn hop_and_throttle(c: String, hop_port: u16, peer_port: u16) -> String {
 }
 
 /// D to F: room in the verified-token cache for two sets of code-scenario users ((g) and (j), or
-/// (i) and (k)), so none of them is verified cold.
+/// (i) and (k), up to `scenarios::MAX_CODE_USERS` each), so none of them is verified cold.
 fn roomy_cache(c: String) -> String {
-    replace_once(&c, r#""cache_entries": 4096"#, r#""cache_entries": 10000"#)
+    replace_once(&c, r#""cache_entries": 4096"#, r#""cache_entries": 20000"#)
 }
 
 /// G: a verified-token cache of COLD_CACHE_ENTRIES per VM, far fewer than the cold-token pool

@@ -425,7 +425,7 @@ fn setup(w: &mut String, settings: &Settings, scenarios: &[Scenario]) {
          **A** without the wasm filter (and its per-route config) for (a); **B** as shipped for \
          (b); **C** with the catch-all route's `disabled: true` removed for (c); **D** with a \
          `/hop` route (filter disabled) to a `hop` cluster, a `/peer/` route (filter disabled, \
-         prefix stripped) to the native peer, `\"max_failures\": 100`, a 10,000-token cache \
+         prefix stripped) to the native peer, `\"max_failures\": 100`, a 20,000-token cache \
          and `\"decided_by\": \"envoy\"` (this Envoy's shared data decides single use and \
          guesses; the shipped configs say `authority`) for (d), (e), (f), (g) and (j); **E** is D with `benches/floor-filter`'s .wasm instead of \
          otp-filter's, for (h); **F** is D with `\"decided_by\": \"authority\"`, as shipped (the authority at \

@@ -365,6 +365,9 @@ fn diagnostics(create_tokens: &[String]) -> Vec<Scenario> {
 }
 
 const VERIFY_PATH: &str = "/user/2022-1/user/otp/verify";
+/// Users per code scenario at most: two sets fit D's and F's verified-token caches (20,000), and
+/// 9,500 × VERIFY_PER_USER covers (g) at 40,000 req/s for three runs of 6 s.
+const MAX_CODE_USERS: usize = 9_500;
 /// Requests per verify user: below `max_failures` (100 in config D), so every answer is a 404.
 const VERIFY_PER_USER: u64 = 95;
 /// Each verify token is probed on this many connections before (g), so that both workers' VMs
@@ -439,8 +442,7 @@ pub fn code_tokens(settings: &Settings, done: &[Scenario], prefix: &str) -> Vec<
         let secs = (settings.warmup + settings.measure).as_secs_f64() + 0.3;
         ((rate * 1.5 * secs * settings.runs as f64) / VERIFY_PER_USER as f64).ceil() as usize
     }
-    // The VMs' verified-token caches hold 4096 tokens each.
-    .clamp(settings.conns, 4000);
+    .clamp(settings.conns, MAX_CODE_USERS);
     println!("minting {users} verify tokens (one user per {VERIFY_PER_USER} requests) ...");
     let claims: Vec<String> = (0..users)
         .map(|i| format!(r#"{{"sub":"{prefix}-{i}","scope":"user:otp:verify"}}"#))
