@@ -49,7 +49,7 @@ pub const SHA512: Hash = Hash {
 
 /// A 2048-bit RSA public key with e = 65537, prepared for PKCS#1 v1.5 verification with `hash`.
 pub struct Prepared {
-    n: U2048,
+    /// Holds n too (`params.modulus()`).
     params: MontyParams<{ U2048::LIMBS }>,
     hash: Hash,
 }
@@ -61,10 +61,8 @@ impl Prepared {
         if n.len() != K || n.first().is_none_or(|b| b & 0x80 == 0) || e != [0x01, 0x00, 0x01] {
             return None;
         }
-        let n = U2048::from_be_slice(n);
-        let odd: Option<Odd<U2048>> = Odd::new(n).into();
+        let odd: Option<Odd<U2048>> = Odd::new(U2048::from_be_slice(n)).into();
         Some(Prepared {
-            n,
             params: MontyParams::new_vartime(odd?),
             hash,
         })
@@ -77,7 +75,7 @@ impl Prepared {
             return false;
         }
         let s = U2048::from_be_slice(signature);
-        if s >= self.n {
+        if &s >= self.params.modulus().as_ref() {
             return false;
         }
         // s^65537 = s^(2^16) · s
