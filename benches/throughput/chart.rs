@@ -10,6 +10,7 @@ use harness::*;
 use serde_json::{json, Value};
 
 use crate::envoys::Proxy;
+use crate::report::command_line;
 use crate::scenarios::Scenario;
 use crate::Settings;
 
@@ -41,17 +42,6 @@ fn number(v: f64) -> Value {
     } else {
         Value::Null
     }
-}
-
-fn stdout_of(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .current_dir(root())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// The chart's data. A scenario that failed keeps its row, with `error` and no figures.
@@ -89,8 +79,8 @@ pub fn data(settings: &Settings, scenarios: &[Scenario], proxies: &[Proxy], repo
         })
         .collect();
     json!({
-        "date": stdout_of("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        "commit": stdout_of("git", &["rev-parse", "--short", "HEAD"]),
+        "date": command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "commit": command_line("git", &["rev-parse", "--short", "HEAD"]),
         "runs": settings.runs,
         "warmup_secs": settings.warmup.as_secs_f64(),
         "measure_secs": settings.measure.as_secs_f64(),

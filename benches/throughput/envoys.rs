@@ -56,23 +56,22 @@ fn hop_and_throttle(c: String, hop_port: u16, peer_port: u16) -> String {
     replace_once(&c, MAX_FAILURES, r#""max_failures": 100,"#)
 }
 
+/// The shipped config (or the native peer's copy of it) with a verified-token cache of `entries`.
+pub fn with_cache_entries(c: &str, entries: usize) -> String {
+    replace_once(
+        c,
+        r#""cache_entries": 4096"#,
+        &format!(r#""cache_entries": {entries}"#),
+    )
+}
+
 /// D to F: room in the verified-token cache for two sets of code-scenario users ((g) and (j), or
 /// (i) and (k), up to `scenarios::MAX_CODE_USERS` each), so none of them is verified cold.
-fn roomy_cache(c: String) -> String {
-    replace_once(&c, r#""cache_entries": 4096"#, r#""cache_entries": 20000"#)
-}
+const ROOMY_CACHE_ENTRIES: usize = 20_000;
 
 /// G: a verified-token cache of COLD_CACHE_ENTRIES per VM, far fewer than the cold-token pool
 /// (`scenarios::COLD_POOL`) each VM sees between two uses of a token, so every lookup misses
 /// (the bench checks the filter's `token.cache_misses` counter) and every insert evicts.
-fn cold_cache(c: String) -> String {
-    replace_once(
-        &c,
-        r#""cache_entries": 4096"#,
-        &format!(r#""cache_entries": {COLD_CACHE_ENTRIES}"#),
-    )
-}
-
 pub const COLD_CACHE_ENTRIES: usize = 64;
 
 const PEER_ROUTE: &str = "              - match: { prefix: \"/peer/\" }\n                route: { cluster: peer, timeout: 5s, prefix_rewrite: \"/\" }\n";
@@ -192,7 +191,10 @@ pub fn start_all(
             "D: + /hop, /peer/, max_failures 100, this Envoy deciding",
             &demo_config_split(cred_port, jwks_port, |c| {
                 let c = decided_by(
-                    roomy_cache(hop_and_throttle(c, hop_port, peer_port)),
+                    with_cache_entries(
+                        &hop_and_throttle(c, hop_port, peer_port),
+                        ROOMY_CACHE_ENTRIES,
+                    ),
                     "envoy",
                 );
                 match std::env::var_os("BENCH_E_WASM") {
@@ -205,7 +207,10 @@ pub fn start_all(
         Proxy::start(
             "E: D with the floor filter",
             &demo_config_split(cred_port, jwks_port, |c| {
-                with_floor_filter(roomy_cache(hop_and_throttle(c, hop_port, peer_port)))
+                with_floor_filter(with_cache_entries(
+                    &hop_and_throttle(c, hop_port, peer_port),
+                    ROOMY_CACHE_ENTRIES,
+                ))
             }),
             std::env::var_os("BENCH_H_WASM").is_some_and(|p| is_otp_filter(&p)),
         ),
@@ -213,7 +218,10 @@ pub fn start_all(
             "F: D with the authority deciding",
             &demo_config_split(cred_port, jwks_port, |c| {
                 decided_by(
-                    roomy_cache(hop_and_throttle(c, hop_port, peer_port)),
+                    with_cache_entries(
+                        &hop_and_throttle(c, hop_port, peer_port),
+                        ROOMY_CACHE_ENTRIES,
+                    ),
                     "authority",
                 )
             }),
@@ -222,7 +230,10 @@ pub fn start_all(
         Proxy::start(
             "G: D with a 64-entry token cache (cold tokens)",
             &demo_config_split(cred_port, jwks_port, |c| {
-                cold_cache(hop_and_throttle(c, hop_port, cold_peer_port))
+                with_cache_entries(
+                    &hop_and_throttle(c, hop_port, cold_peer_port),
+                    COLD_CACHE_ENTRIES,
+                )
             }),
             true,
         ),

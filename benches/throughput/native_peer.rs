@@ -139,11 +139,7 @@ impl NativePeer {
     pub fn start(stub_port: u16, jwks_port: u16, cache_entries: Option<usize>) -> NativePeer {
         let yaml = std::fs::read_to_string(harness::root().join("envoy/envoy.yaml")).expect("yaml");
         let yaml = match cache_entries {
-            Some(n) => harness::bench::replace_once(
-                &yaml,
-                r#""cache_entries": 4096"#,
-                &format!(r#""cache_entries": {n}"#),
-            ),
+            Some(n) => crate::envoys::with_cache_entries(&yaml, n),
             None => yaml,
         };
         let (config_text, env) = shipped_config(&yaml);

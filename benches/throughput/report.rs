@@ -13,7 +13,8 @@ use crate::envoys::{FilterTime, MemoryRow, Proxy};
 use crate::scenarios::{Pick, Scenario, PREWARM_CONNS};
 use crate::Settings;
 
-fn command_line(program: &str, args: &[&str]) -> String {
+/// A command's trimmed output, run in the repository, or "unknown" (also for the chart's data).
+pub fn command_line(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .current_dir(root())

@@ -246,36 +246,42 @@ const COLD: [(&str, &str, usize, &str, &str); 6] = [
     (
         "(l)",
         "RS256",
-        6,
+        COLD_JWT_ENVOY,
         "",
         "(e) with a new RS256 token per request, jwt mode (the filter verifies)",
     ),
     (
         "(m)",
         "ES256",
-        6,
+        COLD_JWT_ENVOY,
         "",
         "(e) with a new ES256 token per request, jwt mode (the filter verifies)",
     ),
     (
         "(n)",
         "RS256",
-        7,
+        COLD_JWT_AUTHN_ENVOY,
         "",
         "(l) in jwt_authn mode: Envoy's jwt_authn verifies, the filter reads its payload",
     ),
-    ("(o)", "ES256", 7, "", "(m) in jwt_authn mode"),
+    (
+        "(o)",
+        "ES256",
+        COLD_JWT_AUTHN_ENVOY,
+        "",
+        "(m) in jwt_authn mode",
+    ),
     (
         "(p)",
         "RS256",
-        6,
+        COLD_JWT_ENVOY,
         "/peer",
         "(f) with a new RS256 token per request (the native peer verifies)",
     ),
     (
         "(q)",
         "ES256",
-        6,
+        COLD_JWT_ENVOY,
         "/peer",
         "(f) with a new ES256 token per request",
     ),
@@ -314,10 +320,16 @@ fn cold_scenarios(settings: &Settings) -> Vec<Scenario> {
         .collect()
 }
 
-/// Whether `key` is a cold-token scenario answered by the filter in jwt mode (its misses counted).
+/// Whether `key` is a cold-token scenario answered by the filter on G in jwt mode, not by the
+/// native peer behind it (its misses are counted).
 pub fn counts_cache_misses(key: &str) -> bool {
-    matches!(key, "(l)" | "(m)")
+    COLD.iter()
+        .any(|&(k, _, envoy, prefix, _)| k == key && envoy == COLD_JWT_ENVOY && prefix.is_empty())
 }
+
+/// G and H in the Envoys (`envoys::start_all`).
+const COLD_JWT_ENVOY: usize = 6;
+const COLD_JWT_AUTHN_ENVOY: usize = 7;
 
 /// Diagnostics, only when BENCH_ONLY names them: the create route answered by the filter before
 /// the throttle and the callout, without a token (401) and after the token check (406, Accept).
