@@ -12,28 +12,15 @@
 )]
 
 use std::path::Path;
-use std::process::{Command, Output};
-
-use serde_json::Value;
+use std::process::Output;
 
 fn check_manifests(args: &[&str]) -> Output {
-    let root = env!("CARGO_MANIFEST_DIR");
-    Command::new(format!("{root}/.venv/bin/python"))
-        .arg(format!("{root}/tests/check_manifests.py"))
-        .args(args)
-        .output()
-        .expect("the project venv (run `make test`)")
+    harness::venv_python(&[&["tests/check_manifests.py"], args].concat())
 }
 
 #[test]
 fn manifest_plugin_configs_are_valid() {
-    let out = check_manifests(&["--plugin-configs"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let configs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let configs = harness::venv_python_json(&["tests/check_manifests.py", "--plugin-configs"]);
     let configs = configs.as_array().unwrap();
     assert_eq!(configs.len(), 2, "one WasmPlugin, one EnvoyExtensionPolicy");
     let env = |name: &str| match name {

@@ -31,8 +31,6 @@
     clippy::indexing_slicing
 )]
 
-use std::process::Command;
-
 use harness::*;
 use serde_json::{json, Map, Value};
 
@@ -45,17 +43,8 @@ const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 fn manifest() -> Vec<Value> {
     let script = "import json, sys, yaml; \
                   print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))";
-    let out = Command::new(root().join(".venv/bin/python"))
-        .args(["-c", script])
-        .arg(root().join(MANIFEST))
-        .output()
-        .expect("the project venv (run `make test`)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let docs = venv_python_json(&["-c", script, MANIFEST]);
+    serde_json::from_value(docs).unwrap()
 }
 
 fn only<'a>(docs: &'a [Value], kind: &str) -> &'a Value {

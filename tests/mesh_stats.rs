@@ -20,26 +20,13 @@
     clippy::indexing_slicing
 )]
 
-use std::process::Command;
-
 use harness::bench::replace_once;
 use harness::*;
 use serde_json::{json, Value};
 
 /// The shipped mesh stats settings.
 fn mesh_stats() -> Value {
-    let root = root();
-    let out = Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/check_manifests.py"))
-        .arg("--mesh-stats")
-        .output()
-        .expect("the project venv (run `make test`)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    venv_python_json(&["tests/check_manifests.py", "--mesh-stats"])
 }
 
 /// The demo config's own stats_config: the non-comment lines of envoy/stats/tags.yaml, which

@@ -508,6 +508,26 @@ impl Stack {
 // ---------------------------------------------------------------------------------------------
 // Tokens (through the same demo-token binary as `make token`)
 
+/// The project venv's Python (`make test` creates it) run in the repository with `args`.
+pub fn venv_python(args: &[&str]) -> std::process::Output {
+    Command::new(built(root().join(".venv/bin/python")))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run the project venv's python")
+}
+
+/// `venv_python`, which must succeed, with its output read as JSON.
+pub fn venv_python_json(args: &[&str]) -> Value {
+    let out = venv_python(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the venv's python")
+}
+
 pub fn token_with(args: &[&str]) -> String {
     let out = Command::new(token_bin())
         .args(args)
